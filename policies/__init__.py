@@ -1,0 +1,31 @@
+"""Recurrent policies over token observations, and `make_policy` to build one by name."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from envs.spec import EnvSpec
+from policies.base import RecurrentPolicy
+from policies.example import Example
+from policies.fast import Fast
+from policies.latent_attn import LatentAttn
+
+POLICIES = {
+    "fast": Fast,
+    "latent_attn_tiny": partial(LatentAttn, size="tiny"),
+    "latent_attn_small": partial(LatentAttn, size="small"),
+    "latent_attn_med": partial(LatentAttn, size="med"),
+    "example": Example,
+}
+
+
+def make_policy(name: str, env, **config) -> RecurrentPolicy:
+    """Build policy `name` for `env` (an env with a `.spec`, or an EnvSpec); `config` goes to its constructor
+    (clip_range, train_reset, ...)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+    spec = env if isinstance(env, EnvSpec) else env.spec
+    return POLICIES[name](spec, **config)
+
+
+__all__ = ["POLICIES", "RecurrentPolicy", "make_policy"]

@@ -1,0 +1,107 @@
+"""The forward contract every policy follows, written once.
+
+    obs tokens --encoder--> [N, 128] --LSTMMemory--> h --critic--> value
+                                                      \\--actor---> logits over all (type, arg) pairs
+
+Acting (rollout), TensorDict `[B]` with `env_obs`, `dones`, `truncateds`, `training_env_id_start` (a `[B]`
+    tensor, every entry the slice's first agent index)
+    -> writes `actions [B, 2]`, `act_log_prob`, `values`, `full_log_probs [B, pairs]`.
+Training, TensorDict `[B, T]` with `env_obs`, `actions`, `dones`, `truncateds`
+    -> writes `act_log_prob`, `entropy`, `values`, `full_log_probs`, all `[B, T, ...]`.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from envs.spec import EnvSpec
+from policies.actions import ActionTable, BilinearActionHead
+from policies.memory import LSTMMemory
+from policies.tokens import check_tokens
+
+
+def init_layer(layer: nn.Module, gain: float = 1.0) -> nn.Module:
+    """Orthogonal weights with `gain`, zero bias (Metta's init for every Linear and Conv)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class RecurrentPolicy(nn.Module):
+    def __init__(self, spec: EnvSpec, encoder: nn.Module, memory: LSTMMemory, critic: nn.Module, actor: nn.Module,
+                 clip_range: float = 0.0):
+        super().__init__()
+        self.spec = spec
+        self.encoder, self.memory, self.critic, self.actor = encoder, memory, critic, actor
+        self.actions = ActionTable(spec)
+        self.clip_range = clip_range
+        # clip_weights bounds each Linear/Conv weight by the largest |w| it was initialised with
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.register_buffer("initial_weight_bound", m.weight.detach().abs().max().clone())
+
+    def forward(self, td: TensorDict) -> TensorDict:
+        obs = td["env_obs"]
+        check_tokens(obs, self.spec)
+        starts = td["dones"].bool() | td["truncateds"].bool()  # this observation begins a new episode
+        key = _slice_key(td)
+        if td.batch_dims == 1:  # acting: one step per agent
+            h = self.memory.step(self.encoder(obs), starts, key)
+            logits, values = self.actor(h), self.critic(h).squeeze(-1)
+            log_probs = torch.log_softmax(logits, -1)
+            index = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+            td["actions"] = self.actions.to_pairs(index)
+        elif td.batch_dims == 2:  # training: [B, T] segments
+            B, T = td.batch_size
+            x = self.encoder(obs.flatten(0, 1)).view(B, T, -1)
+            h = self.memory.unroll(x, starts, key)
+            logits, values = self.actor(h), self.critic(h).squeeze(-1)
+            log_probs = torch.log_softmax(logits, -1)
+            index = self.actions.to_index(td["actions"])
+            td["entropy"] = -(log_probs.exp() * log_probs).sum(-1)
+        else:
+            raise ValueError(f"policy input must be a TensorDict of batch [B] (acting) or [B, T] (training); "
+                             f"got batch {list(td.batch_size)}")
+        td["act_log_prob"] = log_probs.gather(-1, index[..., None]).squeeze(-1)
+        td["values"] = values
+        td["full_log_probs"] = log_probs
+        return td
+
+    def clip_weights(self) -> None:
+        """Clamp each Linear/Conv weight to ±clip_range × its largest initial |w|; nothing when clip_range is 0."""
+        if self.clip_range <= 0:
+            return
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    bound = self.clip_range * m.initial_weight_bound
+                    m.weight.clamp_(-bound, bound)
+
+    def reset_memory(self) -> None:
+        self.memory.reset_memory()
+
+    def has_memory(self) -> bool:
+        return True
+
+    def get_memory(self) -> dict:
+        return self.memory.get_memory()
+
+    def set_memory(self, state: dict) -> None:
+        self.memory.set_memory(state)
+
+
+def _slice_key(td: TensorDict) -> int:
+    """The env slice's first agent index (0 when the batch does not say)."""
+    key = td.get("training_env_id_start", None)
+    if key is None:
+        return 0
+    return int(key.flatten()[0]) if isinstance(key, torch.Tensor) else int(key)
+
+
+def metta_heads(spec: EnvSpec, hidden: int = 128) -> tuple[nn.Module, nn.Module]:
+    """Fast's critic (1024 tanh -> 1) and actor (512 ReLU -> bilinear over all action pairs)."""
+    critic = nn.Sequential(init_layer(nn.Linear(hidden, 1024), gain=2 ** 0.5), nn.Tanh(), init_layer(nn.Linear(1024, 1)))
+    actor = nn.Sequential(init_layer(nn.Linear(hidden, 512)), nn.ReLU(), BilinearActionHead(512, spec.num_action_pairs))
+    return critic, actor

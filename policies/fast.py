@@ -1,0 +1,36 @@
+"""Fast: Metta's `fast.yaml` ComponentPolicy as plain PyTorch (574,978 parameters with 25 features, 19 actions).
+
+tokens -> box [25, 11, 11] -> conv 64 k5 s3 + ReLU -> conv 64 k3 + ReLU -> flatten -> 128 + ReLU
+-> 128 + ReLU -> LSTM(128, 2 layers) -> critic / bilinear actor (policies.base.metta_heads)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from envs.spec import EnvSpec
+from policies.base import RecurrentPolicy, init_layer, metta_heads
+from policies.memory import LSTMMemory
+from policies.tokens import TokensToBox
+
+
+class FastEncoder(nn.Module):
+    def __init__(self, spec: EnvSpec, hidden: int = 128):
+        super().__init__()
+        self.box = TokensToBox(spec)
+        self.cnn = nn.Sequential(
+            init_layer(nn.Conv2d(spec.num_features, 64, 5, stride=3)), nn.ReLU(),
+            init_layer(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(), nn.Flatten())
+        with torch.no_grad():  # the flattened size depends on the window
+            flat = self.cnn(torch.zeros(1, spec.num_features, spec.obs_height, spec.obs_width)).shape[1]
+        self.fc = nn.Sequential(init_layer(nn.Linear(flat, hidden)), nn.ReLU(), init_layer(nn.Linear(hidden, hidden)), nn.ReLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.cnn(self.box(obs)))
+
+
+class Fast(RecurrentPolicy):
+    def __init__(self, spec: EnvSpec, clip_range: float = 0.0, train_reset: str = "dones"):
+        critic, actor = metta_heads(spec)
+        super().__init__(spec, FastEncoder(spec), LSTMMemory(128, 128, 2, train_reset), critic, actor, clip_range)

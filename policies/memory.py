@@ -1,0 +1,81 @@
+"""Recurrent state: the one LSTM-memory implementation every policy uses.
+
+State `[layers, B, hidden]` (h and c) is kept per env slice, keyed by the slice's first agent index
+(`training_env_id_start`), and always stored detached. Before a row is used, its state is zeroed if its
+incoming observation starts a new episode (`dones | truncateds` arrived with it).
+
+Acting runs one step per call. Training unrolls `[B, T]` segments from the stored state (zero after the
+trainer's `reset_memory()`), and with `train_reset="dones"` zeroes the state at every episode start inside
+a segment, exactly where acting did, so training recomputes the very log-probs the rollout recorded.
+`train_reset="none"` is Metta's and PufferLib's semantics: no reset inside a segment.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TRAIN_RESETS = ("dones", "none")
+
+
+class LSTMMemory(nn.Module):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, train_reset: str = "dones"):
+        super().__init__()
+        if train_reset not in TRAIN_RESETS:
+            raise ValueError(f"train_reset={train_reset!r}: choose one of {TRAIN_RESETS}")
+        self.train_reset = train_reset
+        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers)
+        for name, p in self.lstm.named_parameters():  # Metta's init: orthogonal weights, every bias 1
+            nn.init.orthogonal_(p) if "weight" in name else nn.init.constant_(p, 1.0)
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- the memory API the trainer uses -----------------------------------------------------------
+    def reset_memory(self) -> None:
+        self.state = {}
+
+    def get_memory(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return dict(self.state)
+
+    def set_memory(self, state: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.state = {k: (h.detach(), c.detach()) for k, (h, c) in state.items()}
+
+    def _load(self, key: int, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored state of slice `key`, or zeros if there is none of this batch size."""
+        h_c = self.state.get(key)
+        if h_c is None or h_c[0].shape[1] != batch:
+            zeros = like.new_zeros(self.num_layers, batch, self.hidden_size)
+            return zeros, zeros
+        return h_c
+
+    def _store(self, key: int, h: torch.Tensor, c: torch.Tensor) -> None:
+        self.state[key] = (h.detach(), c.detach())
+
+    # --- acting: one step ---------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, starts: torch.Tensor, key: int) -> torch.Tensor:
+        """`x [B, input]`, `starts [B]` (episode starts here) -> `[B, hidden]`; advances slice `key`'s state."""
+        h, c = self._load(key, x.shape[0], x)
+        keep = (~starts).to(x.dtype)[None, :, None]
+        out, (h, c) = self.lstm(x[None], (h * keep, c * keep))
+        self._store(key, h, c)
+        return out[0]
+
+    # --- training: a [B, T] unroll ------------------------------------------------------------------
+    def unroll(self, x: torch.Tensor, starts: torch.Tensor, key: int) -> torch.Tensor:
+        """`x [B, T, input]`, `starts [B, T]` -> `[B, T, hidden]`, one LSTM call per stretch between the
+        time steps where some row starts an episode (a single call when none does)."""
+        B, T = starts.shape
+        h, c = self._load(key, B, x)
+        x = x.transpose(0, 1)  # the LSTM wants time first
+        if self.train_reset == "none":
+            out, (h, c) = self.lstm(x, (h, c))
+        else:
+            cuts = [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
+            pieces = []
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                keep = (~starts[:, a]).to(x.dtype)[None, :, None]
+                piece, (h, c) = self.lstm(x[a:b], (h * keep, c * keep))
+                pieces.append(piece)
+            out = torch.cat(pieces)
+        self._store(key, h, c)
+        return out.transpose(0, 1)

@@ -1,0 +1,200 @@
+"""Policies: sizes, tables, token shaping, recurrent state per slice and at episode starts, and the check
+that training recomputes exactly the log-probs and values recorded while acting."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from envs import make_env
+from envs.spec import EMPTY_TOKEN, F
+from policies import POLICIES, make_policy
+from policies.memory import LSTMMemory
+from policies.tokens import TokensToBox
+
+ENV = make_env("nav", num_envs=1)
+SPEC = ENV.spec
+
+
+def acting_td(obs, starts=None, key=0):
+    B = obs.shape[0]
+    starts = torch.zeros(B, dtype=torch.bool) if starts is None else starts
+    return TensorDict({"env_obs": obs, "dones": starts, "truncateds": torch.zeros(B, dtype=torch.bool),
+                       "training_env_id_start": torch.full((B,), key)}, batch_size=[B])
+
+
+def rollout(policy, env, steps):
+    """Act for `steps` steps from zero state; return the [B, T] record of what acting saw and did."""
+    policy.reset_memory()
+    td = env.reset()
+    record = []
+    with torch.no_grad():
+        for _ in range(steps):
+            step = policy(acting_td(td["env_obs"], td["dones"]).update({"truncateds": td["truncateds"]}))
+            record.append(step.select("env_obs", "dones", "truncateds", "actions", "act_log_prob", "values"))
+            td = env.step(step["actions"])
+    return torch.stack(record, 1)
+
+
+def test_fast_has_metta_parameter_count():
+    assert sum(p.numel() for p in make_policy("fast", SPEC).parameters()) == 574_978
+
+
+@pytest.mark.parametrize("name, count", [("latent_attn_tiny", 504_156), ("latent_attn_small", 517_514),
+                                         ("latent_attn_med", 785_838), ("example", 522_004)])
+def test_other_parameter_counts(name, count):
+    assert sum(p.numel() for p in make_policy(name, SPEC).parameters()) == count
+
+
+def test_action_table_round_trips_all_pairs():
+    table = make_policy("fast", SPEC).actions
+    pairs = SPEC.action_pairs()
+    assert len(pairs) == 19
+    assert torch.equal(table.to_index(pairs), torch.arange(19))
+    assert torch.equal(table.to_pairs(torch.arange(19)), pairs)
+    # type + cum[type] + arg: attack 0..8, get_items 9, move 10-11, noop 12, put_items 13, rotate 14-17, swap 18
+    assert table.to_index(torch.tensor([[5, 3], [6, 0], [2, 1]])).tolist() == [17, 18, 11]
+
+
+def test_tokens_to_box_on_a_hand_built_observation():
+    obs = torch.full((1, SPEC.num_tokens, 3), EMPTY_TOKEN, dtype=torch.uint8)
+    obs[0, 0] = torch.tensor([0x55, F["last_action"], 5])  # global, at the centre
+    obs[0, 1] = torch.tensor([0x23, F["type_id"], 2])  # row 2, col 3
+    obs[0, 2] = torch.tensor([0x23, F["inv:ore_red"], 50])
+    obs[0, 3] = torch.tensor([0xA0, F["group"], 4])  # row 10, col 0
+    box = TokensToBox(SPEC)(obs)[0]
+    expected = torch.zeros_like(box)
+    expected[F["last_action"], 5, 5] = 5 / 10
+    expected[F["type_id"], 2, 3] = 2.0
+    expected[F["inv:ore_red"], 2, 3] = 0.5
+    expected[F["group"], 10, 0] = 0.4
+    assert torch.equal(box, expected)  # padding wrote nothing, cell (0,0,0) included
+
+
+def test_global_tokens_outside_the_window_go_to_the_centre():
+    from dataclasses import replace
+    spec = replace(SPEC, global_location=0xFE)
+    obs = torch.full((1, SPEC.num_tokens, 3), EMPTY_TOKEN, dtype=torch.uint8)
+    obs[0, 0] = torch.tensor([0xFE, F["last_reward"], 100])
+    assert TokensToBox(spec)(obs)[0, F["last_reward"], 5, 5] == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name):
+    torch.manual_seed(0)
+    env = make_env("nav", num_envs=6, max_steps=7, seed=1)  # episodes end every <= 7 steps
+    policy = make_policy(name, env)
+    record = rollout(policy, env, 24)
+    starts = record["dones"] | record["truncateds"]
+    assert starts[:, 1:].any(1).all()  # every row has episode starts inside its segment
+    policy.reset_memory()
+    out = policy(record.select("env_obs", "actions", "dones", "truncateds").clone())
+    assert (out["act_log_prob"] - record["act_log_prob"]).abs().max() < 1e-5
+    assert (out["values"] - record["values"]).abs().max() < 1e-5
+    assert out["entropy"].shape == (6, 24) and out["full_log_probs"].shape == (6, 24, 19)
+
+
+def test_metta_semantics_do_not_reset_inside_segments():
+    torch.manual_seed(0)
+    env = make_env("nav", num_envs=6, max_steps=7, seed=1)
+    policy = make_policy("fast", env, train_reset="none")
+    record = rollout(policy, env, 24)
+    policy.reset_memory()
+    out = policy(record.select("env_obs", "actions", "dones", "truncateds").clone())
+    gap = (out["act_log_prob"] - record["act_log_prob"]).abs()
+    first = (record["dones"] | record["truncateds"]).float().cumsum(1) == 0  # before the first episode end
+    assert gap[first].max() < 1e-5 and gap[~first].max() > 1e-3
+
+
+def test_chunked_unroll_equals_step_by_step_loop():
+    torch.manual_seed(0)
+    memory = LSTMMemory(8, 16, 2)
+    x = torch.randn(5, 30, 8)
+    starts = torch.rand(5, 30) < 0.1
+    fast = memory.unroll(x, starts, key=0)
+    memory.reset_memory()
+    slow = torch.stack([memory.step(x[:, t], starts[:, t], key=0) for t in range(30)], 1)
+    assert (fast - slow).abs().max() < 1e-5
+
+
+def test_env_slices_never_mix_state():
+    torch.manual_seed(0)
+    policy = make_policy("fast", SPEC)
+    env = make_env("nav", num_envs=4, seed=2)
+    obs = env.reset()["env_obs"]
+    a, b = obs[:2], obs[2:]
+
+    def values(sequence):
+        policy.reset_memory()
+        out = {}
+        with torch.no_grad():
+            for key, o in sequence:
+                out.setdefault(key, []).append(policy(acting_td(o, key=key))["values"])
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    together = values([(0, a), (2, b), (0, a), (2, b), (0, a)])
+    alone = values([(0, a), (0, a), (0, a)])
+    assert torch.equal(together[0], alone[0])
+    assert not torch.equal(together[0][0], together[0][2])  # the state does carry over between steps
+
+
+def test_dones_and_truncateds_restart_from_zero_state():
+    torch.manual_seed(0)
+    policy = make_policy("example", SPEC)
+    obs = make_env("nav", num_envs=3, seed=4).reset()["env_obs"]
+    with torch.no_grad():
+        policy.reset_memory()
+        fresh = policy(acting_td(obs))["values"]
+        policy(acting_td(obs))
+        td = acting_td(obs, starts=torch.tensor([True, False, False]))
+        td["truncateds"] = torch.tensor([False, True, False])
+        again = policy(td)["values"]
+    assert torch.equal(again[:2], fresh[:2]) and not torch.equal(again[2], fresh[2])
+
+
+def test_stored_state_is_detached_after_training_and_reset_memory_clears_it():
+    policy = make_policy("fast", SPEC)
+    env = make_env("nav", num_envs=2, seed=0)
+    record = rollout(policy, env, 5)
+    policy.reset_memory()
+    out = policy(record.select("env_obs", "actions", "dones", "truncateds").clone())
+    out["values"].sum().backward()  # a graph exists for the loss ...
+    for h, c in policy.get_memory().values():  # ... but not on what is kept between calls
+        assert not h.requires_grad and not c.requires_grad and h.grad_fn is None
+    assert policy.has_memory() and policy.get_memory()
+    policy.reset_memory()
+    assert policy.get_memory() == {}
+
+
+def test_clip_weights_bounds_and_no_op():
+    policy = make_policy("fast", SPEC, clip_range=0.5)
+    conv = policy.encoder.cnn[0]
+    bound = 0.5 * conv.initial_weight_bound
+    lstm = policy.memory.lstm.weight_hh_l0
+    with torch.no_grad():
+        conv.weight.mul_(10)
+        bias = conv.bias.fill_(100).clone()
+        lstm.mul_(10)
+    lstm_before = lstm.detach().clone()
+    policy.clip_weights()
+    assert float(conv.weight.detach().abs().max()) == pytest.approx(float(bound)) and torch.equal(conv.bias, bias)
+    assert torch.equal(lstm, lstm_before)  # only Linear and Conv weights are clipped, never biases
+    off = make_policy("fast", SPEC)
+    with torch.no_grad():
+        off.encoder.cnn[0].weight.mul_(10)
+    before = {k: v.clone() for k, v in off.state_dict().items()}
+    off.clip_weights()
+    assert all(torch.equal(before[k], v) for k, v in off.state_dict().items())
+
+
+def test_bad_input_gets_clear_errors():
+    policy = make_policy("fast", SPEC)
+    with pytest.raises(ValueError, match=r"unknown policy 'fastest'; choose one of \['example', 'fast'"):
+        make_policy("fastest", SPEC)
+    with pytest.raises(ValueError, match=r"env_obs must be uint8 \[..., 200, 3\].*got torch.float32"):
+        policy(acting_td(torch.zeros(2, 200, 3)))
+    with pytest.raises(ValueError, match=r"got torch.uint8 \[2, 100, 3\]"):
+        policy(acting_td(torch.zeros(2, 100, 3, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match="train_reset='sometimes'"):
+        make_policy("fast", SPEC, train_reset="sometimes")
+    with pytest.raises(ValueError, match="unknown LatentAttn size"):
+        POLICIES["latent_attn_tiny"].func(SPEC, size="huge")
