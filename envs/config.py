@@ -80,6 +80,8 @@ class GridConfig:
     """Terminate the episode once agents have taken from altars this many times (0: never)."""
     cue_steps: int = 0
     """Steps the cue is shown while every agent is frozen; then the cue vanishes (memory task)."""
+    cue_delay: int = 0
+    """Steps every agent stays frozen after the cue vanished: how long it must remember the cue."""
     seed: int = 0
     """Seeds map generation and the random order in which agents act."""
     device: str = "cpu"
@@ -96,7 +98,7 @@ class GridConfig:
             need(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("mines", "generators", "altars", "blocks", "walls", "mine_max_output", "generator_max_output",
                      "altar_max_output", "mine_initial_output", "altar_initial_output", "initial_lasers",
-                     "freeze_duration", "end_after_altar_takes", "cue_steps"):
+                     "freeze_duration", "end_after_altar_takes", "cue_steps", "cue_delay"):
             need(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
         need(self.max_inventory <= 255, f"max_inventory={self.max_inventory}: a token value is one byte, use at most 255")
         for name in ("mine_initial_output", "altar_initial_output", "initial_lasers"):
@@ -108,7 +110,8 @@ class GridConfig:
         need(len(self.reward_weights) == 3 and len(self.reward_caps) == 3,
              "reward_weights and reward_caps take three numbers: ore_red, battery_red, heart")
         need(all(c > 0 for c in self.reward_caps), "reward_caps must be positive (use inf for no cap)")
-        need(self.cue_steps < self.max_steps, f"cue_steps={self.cue_steps} leaves no step to act in max_steps={self.max_steps}")
+        need(self.cue_steps + self.cue_delay < self.max_steps,
+             f"cue_steps + cue_delay = {self.cue_steps + self.cue_delay} leaves no step to act in max_steps={self.max_steps}")
         try:
             torch.device(self.device)
         except RuntimeError as e:
@@ -119,7 +122,7 @@ class GridConfig:
             placed = self.agents_per_env + self.mines + self.generators + self.altars + self.blocks + self.walls
             need(placed <= free, f"{placed} agents and objects do not fit in the {free} free cells of a "
                  f"{self.height}x{self.width} map: enlarge height/width or lower the counts")
-            need(self.cue_steps == 0, "cue_steps needs a layout with a cue cell 'c'")
+            need(self.cue_steps + self.cue_delay == 0, "cue_steps and cue_delay need a layout with a cue cell 'c'")
         else:
             self._validate_layout(need)
 
@@ -138,7 +141,7 @@ class GridConfig:
         need(cues <= 1, f"layout has {cues} cues; the memory task uses at most one")
         need(cues == 0 or text.count("a") == 2, "a layout with a cue needs exactly two altars: the cue names which one pays")
         need(cues == 0 or self.cue_steps >= 1, "a layout with a cue needs cue_steps >= 1, or the cue is never seen")
-        need(cues == 1 or self.cue_steps == 0, "cue_steps needs a layout with a cue cell 'c'")
+        need(cues == 1 or self.cue_steps + self.cue_delay == 0, "cue_steps and cue_delay need a layout with a cue cell 'c'")
 
     def replace(self, **changes) -> GridConfig:
         return dataclasses.replace(self, **changes)
@@ -146,11 +149,11 @@ class GridConfig:
 
 # --- Tasks: the same engine, three configurations -------------------------------------------------
 MEMORY_LAYOUT = (
-    "###########",
-    "#c#######a#",
-    "#>........#",
-    "#########a#",
-    "###########",
+    "#####",
+    "##a##",
+    "#c>##",
+    "##a##",
+    "#####",
 )
 
 TASKS: dict[str, GridConfig] = {
@@ -159,10 +162,10 @@ TASKS: dict[str, GridConfig] = {
     # Find and empty three altars (one heart each) in a small room; ends when all are taken.
     "nav": GridConfig(agents_per_env=1, height=9, width=9, mines=0, generators=0, altars=3, blocks=0, walls=4,
                       altar_initial_output=1, max_steps=64, end_after_altar_takes=3),
-    # A cue (color 1: upper altar, 2: lower) is shown while the agent is frozen, then vanishes; walk the
-    # corridor and take from the altar it named. Any altar take ends the episode; the wrong one pays 0.
-    "memory": GridConfig(agents_per_env=1, layout=MEMORY_LAYOUT, altar_initial_output=1, max_steps=40,
-                         end_after_altar_takes=1, cue_steps=2, desync_episodes=False),
+    # A cue (facing up: the upper altar pays; down: the lower) is shown while the agent is frozen, then vanishes; after the
+    # delay, take from the altar it named. Any altar take ends the episode; the wrong one pays 0.
+    "memory": GridConfig(agents_per_env=1, layout=MEMORY_LAYOUT, altar_initial_output=1, max_steps=24,
+                         end_after_altar_takes=1, cue_steps=2, cue_delay=2, desync_episodes=False),
 }
 
 

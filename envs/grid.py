@@ -228,19 +228,37 @@ class GridEnv:
         random_facing = torch.randint(0, 4, (K, A_), device=dev, generator=g)
         obj[:, 3:3 + A_, F["orientation"]] = torch.where(facing >= 0, facing, random_facing).to(obj.dtype)
         self.decoy[idx] = False
-        if self.cue_row >= 0:  # color 1: the first altar (in reading order) pays, 2: the second
-            cue = torch.randint(1, 3, (K,), device=dev, generator=g)
-            obj[:, self.cue_row, F["color"]] = cue.to(obj.dtype)
+        if self.cue_row >= 0:  # the cue faces the altar that pays: 0 up (the first in reading order), 1 down
+            cue = torch.randint(0, 2, (K,), device=dev, generator=g)
+            obj[:, self.cue_row, F["orientation"]] = cue.to(obj.dtype)
             altars = self.is_altar.nonzero().squeeze(1)
-            self.decoy[idx[:, None], altars] = torch.stack([cue == 2, cue == 1], 1)
+            self.decoy[idx[:, None], altars] = torch.stack([cue == 1, cue == 0], 1)
             self.cue_cell[idx] = self.layout_cue.expand(K, 1)
-            obj[:, self.agent_rows, F["frozen"]] = self.cfg.cue_steps
+            obj[:, self.agent_rows, F["frozen"]] = self.cfg.cue_steps + self.cfg.cue_delay
         self.grid[idx], self.obj[idx], self.pos[idx] = grid, obj, pos
         self.timer[idx] = 0
         self.steps[idx], self.takes[idx] = 0, 0
         self.limit[idx] = self.cfg.max_steps
         self.last_action[idx] = torch.tensor([A["noop"], 0], device=dev)
         self.last_reward[idx] = 0.0
+
+    # --- saving and restoring: a resumed run continues exactly --------------------------------------
+    STATE = ("obj", "grid", "pos", "timer", "decoy", "cue_cell", "steps", "limit", "takes", "last_action",
+             "last_reward", "episode", "finished")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {name: getattr(self, name).clone() for name in self.STATE}
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name in self.STATE:
+            current = getattr(self, name)
+            if state[name].shape != current.shape:
+                raise ValueError(f"saved env state {name!r} has shape {list(state[name].shape)}, this env "
+                                 f"{list(current.shape)}: restore with the same env configuration")
+            setattr(self, name, state[name].to(self.device, current.dtype).clone())
+        self.generator.set_state(state["generator"])
 
     # --- one step ---------------------------------------------------------------------------------
     def step(self, actions: torch.Tensor, final_obs: bool = False) -> TensorDict:

@@ -31,6 +31,7 @@ class FastEncoder(nn.Module):
 
 
 class Fast(RecurrentPolicy):
-    def __init__(self, spec: EnvSpec, clip_range: float = 0.0, train_reset: str = "dones"):
+    def __init__(self, spec: EnvSpec, clip_range: float = 0.0, train_reset: str = "dones", lstm_init: str = "metta"):
         critic, actor = metta_heads(spec)
-        super().__init__(spec, FastEncoder(spec), LSTMMemory(128, 128, 2, train_reset), critic, actor, clip_range)
+        memory = LSTMMemory(128, 128, 2, train_reset, lstm_init)
+        super().__init__(spec, FastEncoder(spec), memory, critic, actor, clip_range)

@@ -75,9 +75,10 @@ class LatentAttnEncoder(nn.Module):
 
 
 class LatentAttn(RecurrentPolicy):
-    def __init__(self, spec: EnvSpec, size: str = "tiny", clip_range: float = 0.0, train_reset: str = "dones"):
+    def __init__(self, spec: EnvSpec, size: str = "tiny", clip_range: float = 0.0, train_reset: str = "dones",
+                 lstm_init: str = "metta"):
         if size not in SIZES:
             raise ValueError(f"unknown LatentAttn size {size!r}; choose one of {sorted(SIZES)}")
         critic, actor = metta_heads(spec)
         encoder = LatentAttnEncoder(spec, **SIZES[size])
-        super().__init__(spec, encoder, LSTMMemory(128, 128, 2, train_reset), critic, actor, clip_range)
+        super().__init__(spec, encoder, LSTMMemory(128, 128, 2, train_reset, lstm_init), critic, actor, clip_range)

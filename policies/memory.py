@@ -16,18 +16,32 @@ import torch
 from torch import nn
 
 TRAIN_RESETS = ("dones", "none")
+# "metta": Metta's init, every LSTM bias 1. nn.LSTM has two bias vectors, so each gate starts at +2: the
+# cell saturates (|c| ~ 5 after a few steps) and the output barely depends on the input (tests measure it).
+# "forget": the usual remedy, forget-gate bias 1 and every other bias 0.
+LSTM_INITS = ("metta", "forget")
 
 
 class LSTMMemory(nn.Module):
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, train_reset: str = "dones"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, train_reset: str = "dones",
+                 lstm_init: str = "metta"):
         super().__init__()
         if train_reset not in TRAIN_RESETS:
             raise ValueError(f"train_reset={train_reset!r}: choose one of {TRAIN_RESETS}")
+        if lstm_init not in LSTM_INITS:
+            raise ValueError(f"lstm_init={lstm_init!r}: choose one of {LSTM_INITS}")
         self.train_reset = train_reset
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers)
-        for name, p in self.lstm.named_parameters():  # Metta's init: orthogonal weights, every bias 1
-            nn.init.orthogonal_(p) if "weight" in name else nn.init.constant_(p, 1.0)
+        for name, p in self.lstm.named_parameters():  # orthogonal weights; biases by lstm_init
+            if "weight" in name:
+                nn.init.orthogonal_(p)
+            elif lstm_init == "metta":
+                nn.init.constant_(p, 1.0)
+            else:  # gates are ordered input, forget, cell, output
+                nn.init.zeros_(p)
+                if name.startswith("bias_ih"):
+                    nn.init.constant_(p[hidden_size:2 * hidden_size], 1.0)
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- the memory API the trainer uses -----------------------------------------------------------

@@ -27,7 +27,9 @@ from envs.gymnasium_api import GridGymEnv, GridVectorEnv
     ({"layout": ("###", "#>.", "###")}, "enclosed by walls"),
     ({"layout": ("####", "#..#", "####")}, "places no agent"),
     ({"layout": ("######", "#>c.a#", "######"), "cue_steps": 1}, "exactly two altars"),
-    ({"cue_steps": 2}, "needs a layout with a cue"),
+    ({"cue_steps": 2}, "need a layout with a cue"),
+    ({"layout": ("#####", "#>c.#", "#.a.#", "#.a.#", "#####"), "cue_steps": 2, "cue_delay": 5, "max_steps": 7},
+     "leaves no step to act"),
     ({"nonsense": 1}, "unknown env option"),
 ])
 def test_rejected_configurations(overrides, message):
@@ -48,7 +50,7 @@ def test_registered_single_agent_envs_pass_gymnasium_checks():
         assert obs.shape == (200, 3) and obs.dtype == np.uint8
         assert env.unwrapped.render_mode is None
     with pytest.raises(ConfigError, match="a gymnasium.Env has one"):
-        GridGymEnv("memory", layout=("####", "#>>#", "####"), cue_steps=0)
+        GridGymEnv("memory", layout=("####", "#>>#", "####"), cue_steps=0, cue_delay=0)
 
 
 def test_single_agent_env_returns_the_final_observation_and_stops():

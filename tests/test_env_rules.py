@@ -229,9 +229,10 @@ def test_same_seed_same_run_and_different_seed_differs():
 def test_memory_cue_leaves_the_view_and_nothing_else_tells():
     env = make_env("memory", num_envs=32, seed=0)
     history = [env.reset(0)["env_obs"]]
-    cue = env.obj[:, env.cue_row, F["color"]].clone()
-    assert set(cue.tolist()) == {1, 2}
-    pairs = [(A["move"], 0)] * 12 + [(A["rotate"], 0)]
+    cue = env.obj[:, env.cue_row, F["orientation"]].clone()
+    assert set(cue.tolist()) == {0, 1}
+    frozen = env.cfg.cue_steps + env.cfg.cue_delay
+    pairs = [(A["move"], 0)] * frozen + [(A["rotate"], 0)]  # frozen: ignored; then face the upper altar
     for p in pairs:
         history.append(env.step(torch.tensor([p]).expand(32, 2))["env_obs"])
     cue_type = 7
@@ -240,6 +241,6 @@ def test_memory_cue_leaves_the_view_and_nothing_else_tells():
         assert shown.all() if t < env.cfg.cue_steps else not shown.any()
         if t >= env.cfg.cue_steps:  # every map looks the same whatever its cue: only memory can tell
             assert (obs == obs[0]).all()
-    # the corridor walk ends facing up at the junction: the upper altar pays iff the cue was 1
+    # facing the upper altar: it pays iff the cue faced up
     td = env.step(torch.tensor([[A["get_items"], 0]]).expand(32, 2))
-    assert torch.equal(td["rewards"] == 1.0, cue == 1) and td["dones"].all()
+    assert torch.equal(td["rewards"] == 1.0, cue == 0) and td["dones"].all()

@@ -198,3 +198,22 @@ def test_bad_input_gets_clear_errors():
         make_policy("fast", SPEC, train_reset="sometimes")
     with pytest.raises(ValueError, match="unknown LatentAttn size"):
         POLICIES["latent_attn_tiny"].func(SPEC, size="huge")
+
+
+def test_metta_lstm_init_saturates_and_forget_init_does_not():
+    """The claim in docs/policies.md: with every LSTM bias 1 (two bias vectors: +2 per gate) the cell
+    saturates and the output hardly depends on the observation."""
+    env = make_env("nav", num_envs=64, seed=3)
+    obs = env.reset()["env_obs"]
+    spread = {}
+    for init in ("metta", "forget"):
+        torch.manual_seed(0)
+        policy = make_policy("fast", env, lstm_init=init)
+        with torch.no_grad():
+            x = policy.encoder(obs)
+            for _ in range(10):  # the same observation for 10 steps
+                h = policy.memory.step(x, torch.zeros(64, dtype=torch.bool), key=0)
+        spread[init] = float(h.std(0).mean())
+        if init == "metta":
+            assert float(policy.memory.state[0][1].abs().mean()) > 3  # |c| far into tanh's flat part
+    assert spread["forget"] > 20 * spread["metta"]

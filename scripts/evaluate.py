@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint: run episodes with the trained policy, threading its LSTM state through each
+episode (reset at episode starts), and print the mean return and task statistics.
+
+    python scripts/evaluate.py runs/nav_fast_0/checkpoint.pt --episodes 100 --replay
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from envs import make_env  # noqa: E402
+from envs.render import LEGEND, render  # noqa: E402
+from policies import make_policy  # noqa: E402
+from trainer.checkpoint import load_checkpoint  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+
+
+@dataclass
+class Args:
+    checkpoint: tyro.conf.Positional[str]
+    """A checkpoint written by scripts/train.py."""
+    episodes: int = 100
+    """Agent-episodes to finish before reporting."""
+    num_envs: int = 16
+    """Maps played at once."""
+    seed: int = 1
+    """Seeds the maps and the policy's action sampling."""
+    replay: bool = False
+    """Print map 0 after every step of its first episode."""
+    device: str = "cpu"
+    """Device to run on."""
+
+
+def evaluate(args: Args) -> dict[str, float]:
+    state = load_checkpoint(args.checkpoint)
+    cfg = TrainConfig(**state["config"])
+    torch.manual_seed(args.seed)
+    env = make_env(cfg.env, num_envs=args.num_envs, seed=args.seed, device=args.device,
+                   **{**cfg.env_overrides, "desync_episodes": False})  # full-length episodes only
+    policy = make_policy(cfg.policy, env, clip_range=cfg.clip_range, train_reset=cfg.train_reset,
+                         **cfg.policy_options).to(args.device)
+    policy.load_state_dict(state["policy"])
+    policy.reset_memory()
+    td = env.reset()
+    finished, totals, replaying = 0, {}, args.replay
+    if replaying:
+        print(LEGEND + "\n" + render(env, 0))
+    with torch.no_grad():
+        while finished < args.episodes:
+            td["training_env_id_start"] = torch.zeros(len(td), dtype=torch.long, device=env.device)
+            td = env.step(policy(td)["actions"])  # the policy zeroes a row's state when its episode restarts
+            if replaying:
+                print(f"\n{render(env, 0)}")
+                replaying = not bool(td["dones"][0] | td["truncateds"][0])
+            ended = int((td["dones"] | td["truncateds"]).sum())
+            if ended:
+                stats = env.episode_stats()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v * ended
+                finished += ended
+    return {k: v / finished for k, v in totals.items()}
+
+
+def main(args: Args) -> None:
+    try:
+        means = evaluate(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(f"{args.checkpoint}: means over {args.episodes}+ agent-episodes")
+    for k, v in means.items():
+        print(f"  {k:<20} {v:.3f}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

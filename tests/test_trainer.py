@@ -1,0 +1,194 @@
+"""The trainer's mechanisms: buffer rows, segment sampling, advantage, call order, ratio 1, exact resume."""
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from envs import make_env
+from experience import SegmentedBuffer, prio_beta, sample_segments, shuffled_minibatches
+from trainer import TrainConfig, Trainer
+from trainer.advantage import compute_advantages
+from trainer.checkpoint import load_checkpoint
+
+
+def small_config(**changes) -> TrainConfig:
+    base = TrainConfig(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
+                       env_overrides={"max_steps": 10}, log_dir="/tmp/minippo-tests", checkpoint_interval=1000)
+    return base.replace(**changes)
+
+
+def step_td(n, value, t):
+    return TensorDict({"env_obs": torch.full((n, 200, 3), value, dtype=torch.uint8), "rewards": torch.full((n,), float(t)),
+                       "dones": torch.zeros(n, dtype=torch.bool), "truncateds": torch.zeros(n, dtype=torch.bool),
+                       "actions": torch.full((n, 2), value), "act_log_prob": torch.zeros(n),
+                       "values": torch.full((n,), float(value))}, batch_size=[n])
+
+
+def test_buffer_rows_with_several_slices():
+    spec = make_env("nav", num_envs=1).spec
+    buffer = SegmentedBuffer(spec, num_agents=5, bptt=3, device="cpu")
+    for t in range(3):
+        assert not buffer.ready
+        buffer.store(step_td(3, 7, t), start=2)  # the slice of agents 2..4 comes first: rows 0..2
+        buffer.store(step_td(2, 9, t), start=0)  # agents 0..1: rows 3..4
+    assert buffer.ready
+    assert torch.equal(buffer.data["values"][:3], torch.full((3, 3), 7.0))
+    assert torch.equal(buffer.data["values"][3:], torch.full((2, 3), 9.0))
+    assert torch.equal(buffer.data["rewards"][0], torch.tensor([0.0, 1.0, 2.0]))  # one column per step
+    assert buffer.data["env_obs"].dtype == torch.uint8
+    with pytest.raises(ValueError, match="already wrote all 3 steps"):
+        buffer.store(step_td(3, 7, 3), start=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        buffer.store(step_td(1, 1, 0), start=5)
+    buffer.reset()
+    assert not buffer.ready
+
+
+def test_prioritized_sampling_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    advantages = torch.tensor([[1.0, -1.0], [0.5, 0.5], [3.0, 1.0], [0.0, 0.0]])  # |A| sums: 2, 1, 4, 0
+    alpha, beta = 0.5, 0.7
+    p = torch.tensor([2.0, 1.0, 4.0, 0.0]).pow(alpha)
+    p = p / p.sum()
+    draws = torch.cat([sample_segments(advantages, 1, alpha, beta, g)[0] for _ in range(20000)])
+    freq = torch.bincount(draws, minlength=4) / len(draws)
+    assert (freq - p).abs().max() < 0.01 and freq[3] == 0
+    index, weights = sample_segments(advantages, 3, alpha, beta, g)
+    assert len(set(index.tolist())) == 3  # no replacement inside a minibatch
+    assert torch.allclose(weights, (4 * p[index]).pow(-beta))
+
+
+def test_uniform_sampling_shuffled_partition_and_beta():
+    g = torch.Generator().manual_seed(1)
+    index, weights = sample_segments(torch.randn(6, 4), 6, 0.0, 0.6, g)
+    assert sorted(index.tolist()) == list(range(6)) and torch.equal(weights, torch.ones(6))
+    parts = shuffled_minibatches(12, 4, g, "cpu")
+    assert len(parts) == 3 and sorted(torch.cat(parts).tolist()) == list(range(12))
+    assert prio_beta(0.6, 0.5, 0, 10) == 0.6 and prio_beta(0.6, 0.5, 10, 10) == pytest.approx(0.8)
+
+
+def reference_advantages(values, rewards, dones, truncateds, ratio, gamma, lam, rho_clip, c_clip):
+    """One segment at a time, one step at a time, in plain floats."""
+    S, T = values.shape
+    out = [[0.0] * T for _ in range(S)]
+    for s in range(S):
+        for t in range(T - 2, -1, -1):
+            d, u = bool(dones[s, t + 1]), bool(truncateds[s, t + 1])
+            v = float(values[s, t])
+            nxt = 0.0 if d else (v if u else float(values[s, t + 1]))
+            rho, c = min(float(ratio[s, t]), rho_clip), min(float(ratio[s, t]), c_clip)
+            delta = rho * (float(rewards[s, t + 1]) + gamma * nxt - v)
+            out[s][t] = delta + (0.0 if d or u else gamma * lam * c * out[s][t + 1])
+    return torch.tensor(out)
+
+
+def test_advantage_equals_reference_loop():
+    g = torch.Generator().manual_seed(0)
+    S, T = 7, 12
+    values, rewards = torch.randn(S, T, generator=g), torch.randn(S, T, generator=g)
+    dones, truncateds = torch.rand(S, T, generator=g) < 0.15, torch.rand(S, T, generator=g) < 0.1
+    truncateds &= ~dones
+    ratio = torch.rand(S, T, generator=g) * 2
+    args = (0.977, 0.916, 1.0, 0.9)
+    fast = compute_advantages(values, rewards, dones, truncateds, ratio, *args)
+    assert torch.allclose(fast, reference_advantages(values, rewards, dones, truncateds, ratio, *args), atol=1e-5)
+    ones = torch.ones(S, T)  # with ratio 1 and no episode end it is textbook GAE
+    plain = compute_advantages(values, rewards, torch.zeros_like(dones), torch.zeros_like(dones), ones, 0.9, 0.8, 1, 1)
+    gae, last = torch.zeros(S), torch.zeros(S)
+    for t in range(T - 2, -1, -1):
+        last = rewards[:, t + 1] + 0.9 * values[:, t + 1] - values[:, t] + 0.9 * 0.8 * last
+        gae = last
+        assert torch.allclose(plain[:, t], gae, atol=1e-5)
+
+
+def test_first_minibatch_ratio_is_one_with_episode_ends_inside_segments():
+    trainer = Trainer(small_config())
+    trainer.rollout()
+    starts = trainer.buffer.data["dones"] | trainer.buffer.data["truncateds"]
+    assert starts[:, 1:].any(1).all()  # every segment has an episode start inside
+    metrics = trainer.learn()
+    assert metrics["ratio_deviation_first_minibatch"] < 1e-5
+
+
+def test_reset_memory_before_rollout_and_minibatch_clip_weights_after_each_step():
+    trainer = Trainer(small_config(update_epochs=2))
+    calls = []
+    policy, optimizer = trainer.policy, trainer.optimizer
+    for name, obj in (("reset", policy), ("clip", policy), ("step", optimizer)):
+        method = {"reset": "reset_memory", "clip": "clip_weights", "step": "step"}[name]
+        original = getattr(obj, method)
+        setattr(obj, method, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    original_forward = policy.forward
+    policy.forward = lambda td: (calls.append("act" if td.batch_dims == 1 else "train"), original_forward(td))[1]
+    trainer.train(updates=1, quiet=True)
+    minibatches = 2 * (8 // (64 // 16))
+    assert calls[0] == "reset" and calls[1:17] == ["act"] * 16
+    assert calls[17:] == ["reset", "train", "step", "clip"] * minibatches
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    cfg = small_config(log_dir=str(tmp_path), total_steps=8 * 16 * 4, prio_alpha=0.5)
+    straight = Trainer(cfg.replace(run_name="straight"))
+    straight.train(quiet=True)
+    first = Trainer(cfg.replace(run_name="split"))
+    first.train(updates=2, quiet=True)
+    resumed = Trainer(cfg.replace(run_name="ignored", resume=first.checkpoint_path, num_envs=99))
+    assert resumed.update == 2 and resumed.cfg.num_envs == 8  # the checkpoint's configuration wins
+    resumed.train(quiet=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a["update"] == b["update"] == 4 and a["global_step"] == b["global_step"]
+    for key in a["policy"]:
+        assert torch.equal(a["policy"][key], b["policy"][key]), key
+    for key in a["env"]:
+        assert torch.equal(a["env"][key], b["env"][key]), key
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_checkpoint_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(str(bad))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="not a minippo checkpoint"):
+        load_checkpoint(str(other))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"minibatch_size": 60}, "not a multiple of bptt=16"),
+    ({"minibatch_size": 48}, "must divide it"),
+    ({"total_steps": 10}, "less than one batch"),
+    ({"sampling": "random"}, "choose one of"),
+    ({"device": "tpu"}, "cannot be used here"),
+    ({"policy": "nope"}, "unknown policy 'nope'"),
+    ({"env": "maze"}, "unknown task 'maze'"),
+])
+def test_bad_configurations(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(small_config(**changes))
+
+
+def test_explained_variance_and_metrics_are_finite():
+    history = Trainer(small_config()).train(updates=2, quiet=True)
+    for key in ("SPS", "approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy", "learning_rate"):
+        assert math.isfinite(history[-1][key]), key
+
+
+def test_evaluate_runs_episodes_from_a_checkpoint(tmp_path):
+    import importlib.util
+    import os
+    import sys
+
+    trainer = Trainer(small_config(log_dir=str(tmp_path)))
+    trainer.train(updates=1, quiet=True)
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
+    spec = importlib.util.spec_from_file_location("evaluate", path)
+    evaluate = sys.modules["evaluate"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    means = evaluate.evaluate(evaluate.Args(checkpoint=trainer.checkpoint_path, episodes=12, num_envs=4))
+    assert 0 <= means["return"] <= 3 and means["length"] == 10  # nav's max_steps, overridden to 10

@@ -1,0 +1,6 @@
+"""Recurrent PPO: configuration, advantage, the training loop and checkpoints."""
+
+from trainer.config import PRESETS, TrainConfig
+from trainer.ppo import Trainer
+
+__all__ = ["PRESETS", "TrainConfig", "Trainer"]

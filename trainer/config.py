@@ -1,0 +1,136 @@
+"""Training configuration: the field docstrings are `scripts/train.py --help`. Defaults are Metta's (reference
+section 5) scaled to one machine; `PRESETS` holds the CPU and GPU sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+SAMPLING = ("prioritized", "shuffled")
+
+
+@dataclass
+class TrainConfig:
+    policy: str = "fast"
+    """Policy: fast, latent_attn_tiny, latent_attn_small, latent_attn_med or example."""
+    env: str = "arena"
+    """Task: arena, nav or memory."""
+    num_envs: int = 32
+    """Maps stepped together (agents = maps x agents per map)."""
+    env_overrides: dict[str, int] = field(default_factory=dict)
+    """Integer GridConfig fields to change, e.g. --env-overrides max_steps 100 walls 0."""
+    total_steps: int = 2_000_000
+    """Agent steps to train for."""
+    bptt: int = 64
+    """Steps per segment: the rollout length and the training unroll."""
+    minibatch_size: int = 4096
+    """Agent steps per minibatch; a multiple of bptt that divides the batch (agents x bptt)."""
+    update_epochs: int = 1
+    """Passes over each rollout."""
+    learning_rate: float = 4.57e-4
+    """Adam learning rate."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over training."""
+    adam_eps: float = 1e-12
+    """Adam epsilon."""
+    gamma: float = 0.977
+    """Discount."""
+    gae_lambda: float = 0.916
+    """GAE lambda."""
+    rho_clip: float = 1.0
+    """V-trace clip of the importance ratio in the advantage's delta."""
+    c_clip: float = 1.0
+    """V-trace clip of the importance ratio in the advantage's trace."""
+    clip_coef: float = 0.1
+    """PPO ratio clip."""
+    vf_clip_coef: float = 0.1
+    """Value clip around the rollout's values."""
+    vf_coef: float = 0.44
+    """Value loss weight."""
+    ent_coef: float = 0.0021
+    """Entropy bonus weight."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    sampling: str = "prioritized"
+    """Minibatch sampling: prioritized (multinomial by advantage; uniform at prio_alpha 0) or shuffled
+    (each segment once per epoch)."""
+    prio_alpha: float = 0.0
+    """Prioritization exponent: 0 uniform."""
+    prio_beta0: float = 0.6
+    """Initial importance-weight exponent, annealed towards 1."""
+    clip_range: float = 0.0
+    """Policy weight clipping (clip_weights): 0 off."""
+    lstm_init: str = ""
+    """LSTM biases: metta (every bias 1, Metta's; saturates the cell), forget (forget gate 1, others 0), or
+    empty for the policy's own (metta for fast and latent_attn_*, forget for example)."""
+    train_reset: str = "dones"
+    """Training unroll: dones (reset at episode starts inside segments, as acting did) or none (Metta's)."""
+    seed: int = 0
+    """Seeds the env, the policy's initialisation and sampling, and minibatch sampling."""
+    device: str = "auto"
+    """cuda, cpu, or auto (cuda when available)."""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+    log_dir: str = "runs"
+    """TensorBoard logs and checkpoints go to log_dir/run_name."""
+    run_name: str = ""
+    """Name of this run (default: env_policy_seed)."""
+    checkpoint_interval: int = 50
+    """Save a checkpoint every this many updates (also at the end and on Ctrl-C)."""
+    resume: str = ""
+    """A checkpoint to continue from, with its saved configuration (the other options are ignored)."""
+
+    @property
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise ValueError(f"device={self.device!r} cannot be used here ({str(e)[:120]}): use cpu, cuda or auto") from None
+        return device
+
+    @property
+    def policy_options(self) -> dict:
+        """Options passed to make_policy beyond clip_range and train_reset."""
+        return {"lstm_init": self.lstm_init} if self.lstm_init else {}
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.env}_{self.policy}_{self.seed}"
+
+    def validate(self, num_agents: int) -> None:
+        """Check everything that depends on the env's agent count; raise ValueError naming the fix."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        batch = num_agents * self.bptt
+        need(self.bptt >= 2, f"bptt={self.bptt}: use at least 2 steps per segment")
+        need(self.minibatch_size % self.bptt == 0,
+             f"minibatch_size={self.minibatch_size} is not a multiple of bptt={self.bptt}: minibatches hold whole segments")
+        segments = self.minibatch_size // self.bptt
+        need(0 < segments <= num_agents and num_agents % segments == 0,
+             f"the batch is {num_agents} segments ({num_agents} agents x bptt {self.bptt} = {batch} steps); "
+             f"minibatches of {segments} segments ({self.minibatch_size} steps) must divide it: choose a "
+             f"minibatch_size of bptt x a divisor of {num_agents}")
+        need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
+        need(self.sampling in SAMPLING, f"sampling={self.sampling!r}: choose one of {SAMPLING}")
+        need(self.prio_alpha >= 0 and 0 <= self.prio_beta0 <= 1, "prio_alpha must be >= 0 and prio_beta0 in [0, 1]")
+        need(self.update_epochs >= 1 and self.learning_rate > 0, "update_epochs must be >= 1 and learning_rate > 0")
+        need(self.checkpoint_interval >= 1, "checkpoint_interval must be at least 1")
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS = {
+    # 2-core CPU: batches of ~16k-25k steps, so 16-24 minibatches per update and a learning rate 6.5x
+    # Metta's (its 4.57e-4 with 4 steps per 16k batch left the KL at ~1e-5: nothing learned in 400k steps).
+    "cpu": TrainConfig(num_envs=64, minibatch_size=1024, learning_rate=3e-3),
+    # One GPU: Metta's batch scale (1024 arena maps = 6144 agents, 393,216 steps per batch).
+    "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000),
+}

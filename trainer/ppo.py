@@ -1,0 +1,220 @@
+"""Recurrent PPO, in the order a reader expects:
+
+    for each update:
+        reset_memory; roll out bptt steps of every agent into the segmented buffer (no grad)
+        returns = advantages (ratio 1) + values
+        for each epoch, for each minibatch:
+            advantages with the latest importance ratios (V-trace); sample whole segments
+            reset_memory; recompute log-probs, values, entropy over the segments
+            loss = clipped surrogate (normalised advantage x importance weight) + clipped value - entropy
+            backward; clip the gradient norm; optimizer step; clip_weights
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import torch
+from tensordict import TensorDict
+
+from envs import make_env
+from experience.buffer import SegmentedBuffer
+from experience.sampling import prio_beta, sample_segments, shuffled_minibatches
+from policies import make_policy
+from trainer.advantage import compute_advantages
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        if cfg.resume:
+            saved = load_checkpoint(cfg.resume)
+            cfg = TrainConfig(**saved["config"]).replace(resume=cfg.resume)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self.cfg = cfg
+        self.device = cfg.resolved_device
+        torch.manual_seed(cfg.seed)  # the policy's initial weights and its action sampling
+        self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
+        cfg.validate(self.env.num_agents)
+        self.policy = make_policy(cfg.policy, self.env, clip_range=cfg.clip_range, train_reset=cfg.train_reset,
+                                  **cfg.policy_options).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device)
+        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.batch_size = self.buffer.batch_size
+        self.minibatch_segments = cfg.minibatch_size // cfg.bptt
+        self.num_updates = cfg.total_steps // self.batch_size
+        self.update = 0
+        self.global_step = 0
+        self.next_obs = self.env.reset()
+        if cfg.resume:
+            self.load_state_dict(saved)
+
+    # --- one update ---------------------------------------------------------------------------------
+    def rollout(self) -> None:
+        """Act bptt steps with every agent from zero memory, storing each step in the buffer."""
+        self.policy.reset_memory()
+        self.buffer.reset()
+        td = self.next_obs
+        with torch.no_grad():
+            while not self.buffer.ready:
+                td["training_env_id_start"] = torch.zeros(len(td), dtype=torch.long, device=self.device)
+                td = self.policy(td)
+                self.buffer.store(td, start=0)
+                td = self.env.step(td["actions"])
+        self.next_obs = td
+        self.global_step += self.batch_size
+
+    def learn(self) -> dict[str, float]:
+        cfg, data = self.cfg, self.buffer.data
+        lr = cfg.learning_rate * (1 - self.update / self.num_updates if cfg.anneal_lr else 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        advantage_of = lambda ratio: compute_advantages(  # noqa: E731
+            data["values"], data["rewards"], data["dones"], data["truncateds"], ratio,
+            cfg.gamma, cfg.gae_lambda, cfg.rho_clip, cfg.c_clip)
+        ratio = torch.ones_like(data["values"])  # the latest pi/mu per step, for V-trace
+        returns = advantage_of(ratio) + data["values"]
+        beta = prio_beta(cfg.prio_beta0, cfg.prio_alpha, self.update, self.num_updates)
+        per_epoch = self.buffer.segments // self.minibatch_segments
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
+        first_ratio_deviation = None
+        for _ in range(cfg.update_epochs):
+            shuffled = (shuffled_minibatches(self.buffer.segments, self.minibatch_segments, self.sampler, self.device)
+                        if cfg.sampling == "shuffled" else None)
+            for m in range(per_epoch):
+                advantages = advantage_of(ratio)
+                if shuffled is None:
+                    index, weights = sample_segments(advantages, self.minibatch_segments, cfg.prio_alpha, beta, self.sampler)
+                else:
+                    index, weights = shuffled[m], torch.ones(self.minibatch_segments, device=self.device)
+                self.policy.reset_memory()
+                minibatch = data[index]
+                out = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
+                log_ratio = out["act_log_prob"] - minibatch["act_log_prob"]
+                mb_ratio = log_ratio.exp()
+                adv = advantages[index]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8) * weights[:, None]
+                policy_loss = torch.max(-adv * mb_ratio,
+                                        -adv * mb_ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                old_values, target = minibatch["values"], returns[index]
+                clipped = old_values + (out["values"] - old_values).clamp(-cfg.vf_clip_coef, cfg.vf_clip_coef)
+                value_loss = 0.5 * torch.max((out["values"] - target) ** 2, (clipped - target) ** 2).mean()
+                entropy = out["entropy"].mean()
+                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.policy.clip_weights()
+
+                with torch.no_grad():
+                    ratio[index] = mb_ratio.detach()
+                    if first_ratio_deviation is None:  # before any step: 1 exactly when training matches acting
+                        first_ratio_deviation = float((mb_ratio - 1).abs().max())
+                    for k, v in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
+                                 ("approx_kl", ((mb_ratio - 1) - log_ratio).mean()),
+                                 ("clipfrac", ((mb_ratio - 1).abs() > cfg.clip_coef).float().mean())):
+                        stats[k].append(float(v))
+        values, returns = data["values"].flatten(), returns.flatten()
+        explained = 1 - float((returns - values).var() / returns.var()) if returns.var() > 0 else float("nan")
+        self.update += 1
+        metrics = {k: sum(v) / len(v) for k, v in stats.items()}
+        metrics.update(explained_variance=explained, learning_rate=lr, ratio_deviation_first_minibatch=first_ratio_deviation)
+        return metrics
+
+    # --- the run ------------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.cfg.log_dir, self.cfg.name)
+
+    def train(self, updates: int | None = None, quiet: bool = False) -> list[dict[str, float]]:
+        """Run `updates` more updates (default: to total_steps), logging and checkpointing; return the metrics.
+
+        The first Ctrl-C finishes the current update, saves a checkpoint and stops; a second one aborts."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        last = self.num_updates if updates is None else min(self.num_updates, self.update + updates)
+        writer = SummaryWriter(self.run_dir)
+        interrupted = []
+
+        def on_interrupt(signum, frame):
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted.append(True)
+            print("Ctrl-C: finishing this update, then saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        history, episode = [], {}
+        start_time, start_step = time.perf_counter(), self.global_step
+        try:
+            while self.update < last and not interrupted:
+                t0 = time.perf_counter()
+                self.rollout()
+                metrics = self.learn()
+                metrics["SPS"] = self.batch_size / (time.perf_counter() - t0)
+                episode = self.env.episode_stats() or episode
+                metrics.update({f"episode/{k}": v for k, v in episode.items()})
+                history.append(metrics)
+                self._log(writer, metrics, quiet, start_time, start_step)
+                if self.update % self.cfg.checkpoint_interval == 0:
+                    self.save()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            writer.close()
+        self.save()
+        if interrupted and not quiet:
+            print(f"interrupted: saved {self.checkpoint_path}; continue with --resume {self.checkpoint_path}")
+        return history
+
+    def _log(self, writer, metrics: dict[str, float], quiet: bool, start_time: float, start_step: int) -> None:
+        for key, value in metrics.items():
+            if value is not None:
+                group = "charts" if key in ("SPS", "learning_rate") or key.startswith("episode/") else "losses"
+                writer.add_scalar(key if key.startswith("episode/") else f"{group}/{key}", value, self.global_step)
+        if quiet:
+            return
+        elapsed = time.perf_counter() - start_time
+        rate = (self.global_step - start_step) / max(elapsed, 1e-9)
+        eta = (self.num_updates * self.batch_size - self.global_step) / max(rate, 1e-9)
+        ret = metrics.get("episode/return")
+        print(f"update {self.update}/{self.num_updates} | step {self.global_step:,} | SPS {metrics['SPS']:,.0f} | "
+              f"return {'-' if ret is None else f'{ret:.3f}'} | kl {metrics['approx_kl']:.4f} | "
+              f"ev {metrics['explained_variance']:.2f} | ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+
+    # --- checkpoints: everything a resumed run needs to continue exactly ----------------------------
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.run_dir, "checkpoint.pt")
+
+    def state_dict(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg.replace(resume="")),
+            "update": self.update, "global_step": self.global_step,
+            "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "env": self.env.state_dict(), "next_obs": self.next_obs.select("env_obs", "rewards", "dones", "truncateds").to_dict(),
+            "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.update, self.global_step = state["update"], state["global_step"]
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.env.load_state_dict(state["env"])
+        self.next_obs = TensorDict(state["next_obs"], batch_size=[self.env.num_agents]).to(self.device)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.sampler.set_state(state["rng"]["sampler"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self, path: str | None = None) -> str:
+        path = path or self.checkpoint_path
+        save_checkpoint(path, self.state_dict())
+        return path
