@@ -74,22 +74,18 @@ class GridEnv:
         self.reset()
 
     # --- static tables ----------------------------------------------------------------------------
-    @property
-    def agents_per_env(self) -> int:
-        return self._agents
-
     def _build_map_template(self) -> None:
         cfg = self.cfg
         self.num_envs = cfg.num_envs
         self.pad = max(cfg.obs_window // 2, 3)  # room for the window and attack reach beyond the border
         if cfg.layout is None:
             H, W = cfg.height, cfg.width
-            self._agents = cfg.agents_per_env
+            self.agents_per_env = cfg.agents_per_env
             counts = {"mine_red": cfg.mines, "generator_red": cfg.generators, "altar": cfg.altars, "cue": 0}
         else:
             H, W = len(cfg.layout), len(cfg.layout[0])
             text = "".join(cfg.layout)
-            self._agents = sum(text.count(c) for c in AGENT_CHARS)
+            self.agents_per_env = sum(text.count(c) for c in AGENT_CHARS)
             counts = {k: text.count(c) for c, k in LAYOUT_CHARS.items() if k in ("mine_red", "generator_red", "altar", "cue")}
         self.H, self.W = H, W
         self.Hp, self.Wp = H + 2 * self.pad, W + 2 * self.pad
@@ -100,7 +96,7 @@ class GridEnv:
         return (row + self.pad) * self.Wp + (col + self.pad)
 
     def _build_rows(self) -> None:
-        cfg, dev, A_ = self.cfg, self.device, self._agents
+        cfg, dev, A_ = self.cfg, self.device, self.agents_per_env
         kinds = ["empty", "wall", "block"] + ["agent"] * A_
         for k in ("mine_red", "generator_red", "altar", "cue"):
             kinds += [k] * self.counts[k]
@@ -209,7 +205,7 @@ class GridEnv:
 
     def _reset_maps(self, idx: torch.Tensor) -> None:
         """Lay out a new episode on maps `idx`."""
-        K, A_, dev, g = len(idx), self._agents, self.device, self.generator
+        K, A_, dev, g = len(idx), self.agents_per_env, self.device, self.generator
         grid = self.base_grid.expand(K, -1).clone()
         obj = self.init_obj.expand(K, -1, -1).clone()
         if self.cfg.layout is None:
@@ -266,7 +262,7 @@ class GridEnv:
 
         With `final_obs`, also return `final_env_obs`: the observation each agent would have seen had its
         episode not been reset (what gymnasium's same-step autoreset reports)."""
-        E, A_, dev = self.num_envs, self._agents, self.device
+        E, A_, dev = self.num_envs, self.agents_per_env, self.device
         if actions.shape != (self.num_agents, 2):
             raise ValueError(f"actions must have shape [{self.num_agents}, 2] (type, arg) per agent, got {tuple(actions.shape)}")
         act = actions.to(dev, torch.long).view(E, A_, 2)
@@ -399,7 +395,7 @@ class GridEnv:
         """Add finished episodes to the statistics, then lay out fresh maps for them."""
         done = done_env[:, None].to(self.episode.dtype)
         self.finished[:-1] += (self.episode * done[..., None]).sum((0, 1)).double()
-        self.finished[-1] += done.sum() * self._agents
+        self.finished[-1] += done.sum() * self.agents_per_env
         self.episode *= 1 - done[..., None]
         if done_env.any():
             self._reset_maps(done_env.nonzero().squeeze(1))
@@ -419,11 +415,11 @@ class GridEnv:
     def _observe_and_count(self) -> torch.Tensor:
         """Observe, adding the tokens that did not fit to the current episodes' statistics."""
         obs, dropped = self._observe()
-        self.episode[..., STAT_NAMES.index("tokens_dropped")] += dropped.view(self.num_envs, self._agents)
+        self.episode[..., STAT_NAMES.index("tokens_dropped")] += dropped.view(self.num_envs, self.agents_per_env)
         return obs
 
     def _observe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        E, A_, M, dev = self.num_envs, self._agents, self.num_rows, self.device
+        E, A_, M, dev = self.num_envs, self.agents_per_env, self.num_rows, self.device
         N, G, L = self.num_agents, self.num_global, self.num_object_tokens
         # each row's tokens: its nonzero features, packed (feature << 8 | value), in feature-id order;
         # one extra entry at the end is the padding token
