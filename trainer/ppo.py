@@ -52,6 +52,7 @@ class Trainer:
         self.update = 0
         self.global_step = 0
         self.next_obs = self.env.reset()
+        self.slice_start = torch.zeros(self.env.num_agents, dtype=torch.long, device=self.device)
         if cfg.resume:
             self.load_state_dict(saved)
 
@@ -63,7 +64,7 @@ class Trainer:
         td = self.next_obs
         with torch.no_grad():
             while not self.buffer.ready:
-                td["training_env_id_start"] = torch.zeros(len(td), dtype=torch.long, device=self.device)
+                td["training_env_id_start"] = self.slice_start  # one slice: every agent, from agent 0
                 td = self.policy(td)
                 self.buffer.store(td, start=0)
                 td = self.env.step(td["actions"])
