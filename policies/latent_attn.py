@@ -75,10 +75,10 @@ class LatentAttnEncoder(nn.Module):
 
 
 class LatentAttn(RecurrentPolicy):
-    def __init__(self, spec: EnvSpec, size: str = "tiny", clip_range: float = 0.0, train_reset: str = "dones",
-                 lstm_init: str = "metta"):
+    def __init__(self, spec: EnvSpec, size: str = "tiny", clip_range: float = 0.0, lstm_init: str = "metta",
+                 faults: frozenset[str] = frozenset()):
         if size not in SIZES:
             raise ValueError(f"unknown LatentAttn size {size!r}; choose one of {sorted(SIZES)}")
-        critic, actor = metta_heads(spec)
+        critic, actor = metta_heads(spec, faults=faults)
         encoder = LatentAttnEncoder(spec, **SIZES[size])
-        super().__init__(spec, encoder, LSTMMemory(128, 128, 2, train_reset, lstm_init), critic, actor, clip_range)
+        super().__init__(spec, encoder, LSTMMemory(128, 128, 2, lstm_init, faults), critic, actor, clip_range, faults)

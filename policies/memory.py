@@ -5,9 +5,10 @@ State `[layers, B, hidden]` (h and c) is kept per env slice, keyed by the slice'
 incoming observation starts a new episode (`dones | truncateds` arrived with it).
 
 Acting runs one step per call. Training unrolls `[B, T]` segments from the stored state (zero after the
-trainer's `reset_memory()`), and with `train_reset="dones"` zeroes the state at every episode start inside
-a segment, exactly where acting did, so training recomputes the very log-probs the rollout recorded.
-`train_reset="none"` is Metta's and PufferLib's semantics: no reset inside a segment.
+trainer's `reset_memory()`) and zeroes the state at every episode start inside a segment, exactly where
+acting did, so training recomputes the very log-probs the rollout recorded. The faults of
+trainer/faults.py that live here (memoryless_rollout, no_done_reset, no_detach, no_train_done_reset,
+bptt_reshape) sit next to the code they break.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TRAIN_RESETS = ("dones", "none")
 # "metta": Metta's init, every LSTM bias 1. nn.LSTM has two bias vectors, so each gate starts at +2: the
 # cell saturates (|c| ~ 5 after a few steps) and the output barely depends on the input (tests measure it).
 # "forget": the usual remedy, forget-gate bias 1 and every other bias 0.
@@ -23,14 +23,12 @@ LSTM_INITS = ("metta", "forget")
 
 
 class LSTMMemory(nn.Module):
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, train_reset: str = "dones",
-                 lstm_init: str = "metta"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, lstm_init: str = "metta",
+                 faults: frozenset[str] = frozenset()):
         super().__init__()
-        if train_reset not in TRAIN_RESETS:
-            raise ValueError(f"train_reset={train_reset!r}: choose one of {TRAIN_RESETS}")
         if lstm_init not in LSTM_INITS:
             raise ValueError(f"lstm_init={lstm_init!r}: choose one of {LSTM_INITS}")
-        self.train_reset = train_reset
+        self.faults = faults
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers)
         for name, p in self.lstm.named_parameters():  # orthogonal weights; biases by lstm_init
@@ -63,13 +61,20 @@ class LSTMMemory(nn.Module):
         return h_c
 
     def _store(self, key: int, h: torch.Tensor, c: torch.Tensor) -> None:
-        self.state[key] = (h.detach(), c.detach())
+        if "no_detach" in self.faults:  # FAULT: the stored state keeps its autograd graph
+            self.state[key] = (h, c)
+        else:
+            self.state[key] = (h.detach(), c.detach())
 
     # --- acting: one step ---------------------------------------------------------------------------
     def step(self, x: torch.Tensor, starts: torch.Tensor, key: int) -> torch.Tensor:
         """`x [B, input]`, `starts [B]` (episode starts here) -> `[B, hidden]`; advances slice `key`'s state."""
         h, c = self._load(key, x.shape[0], x)
+        if "memoryless_rollout" in self.faults:  # FAULT: every acting step starts from zero state
+            h, c = torch.zeros_like(h), torch.zeros_like(c)
         keep = (~starts).to(x.dtype)[None, :, None]
+        if "no_done_reset" in self.faults:  # FAULT: a new episode inherits the last one's state
+            keep = torch.ones_like(keep)
         out, (h, c) = self.lstm(x[None], (h * keep, c * keep))
         self._store(key, h, c)
         return out[0]
@@ -80,8 +85,11 @@ class LSTMMemory(nn.Module):
         time steps where some row starts an episode (a single call when none does)."""
         B, T = starts.shape
         h, c = self._load(key, B, x)
-        x = x.transpose(0, 1)  # the LSTM wants time first
-        if self.train_reset == "none":
+        if "bptt_reshape" in self.faults:  # FAULT: a reshape is not a transpose: rows mix agents and times
+            x = x.reshape(T, B, -1)
+        else:
+            x = x.transpose(0, 1)  # the LSTM wants time first
+        if "no_train_done_reset" in self.faults:  # FAULT (Metta's semantics): no reset inside a segment
             out, (h, c) = self.lstm(x, (h, c))
         else:
             cuts = [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
@@ -92,4 +100,4 @@ class LSTMMemory(nn.Module):
                 pieces.append(piece)
             out = torch.cat(pieces)
         self._store(key, h, c)
-        return out.transpose(0, 1)
+        return out.reshape(B, T, -1) if "bptt_reshape" in self.faults else out.transpose(0, 1)

@@ -39,12 +39,11 @@ class Args:
 
 def evaluate(args: Args) -> dict[str, float]:
     state = load_checkpoint(args.checkpoint)
-    cfg = TrainConfig(**state["config"])
+    cfg = TrainConfig.from_dict(state["config"])
     torch.manual_seed(args.seed)
     env = make_env(cfg.env, num_envs=args.num_envs, seed=args.seed, device=args.device,
                    **{**cfg.env_overrides, "desync_episodes": False})  # full-length episodes only
-    policy = make_policy(cfg.policy, env, clip_range=cfg.clip_range, train_reset=cfg.train_reset,
-                         **cfg.policy_options).to(args.device)
+    policy = make_policy(cfg.policy, env, **cfg.policy_options).to(args.device)
     policy.load_state_dict(state["policy"])
     policy.reset_memory()
     td = env.reset()

@@ -29,15 +29,14 @@ class Args:
     """Legend label of the reference line."""
 
 
-def read_scalar(run: str, tag: str) -> tuple[list[int], list[float]]:
+def read_scalars(run: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar a TensorBoard run logged: tag -> (steps, values)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(run, size_guidance={"scalars": 0})
     events.Reload()
-    if tag not in events.Tags()["scalars"]:
-        sys.exit(f"error: {run} has no scalar {tag!r}; it has {sorted(events.Tags()['scalars'])}")
-    points = events.Scalars(tag)
-    return [p.step for p in points], [p.value for p in points]
+    return {tag: ([p.step for p in events.Scalars(tag)], [p.value for p in events.Scalars(tag)])
+            for tag in events.Tags()["scalars"]}
 
 
 def main(args: Args) -> None:
@@ -50,7 +49,10 @@ def main(args: Args) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in args.runs:
-        steps, values = read_scalar(run, args.tag)
+        scalars = read_scalars(run)
+        if args.tag not in scalars:
+            sys.exit(f"error: {run} has no scalar {args.tag!r}; it has {sorted(scalars)}")
+        steps, values = scalars[args.tag]
         ax.plot(steps, values, label=os.path.basename(os.path.normpath(run)))
     if args.hline is not None:
         ax.axhline(args.hline, linestyle="--", color="gray", label=args.hline_label)

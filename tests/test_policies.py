@@ -93,18 +93,6 @@ def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name):
     assert out["entropy"].shape == (6, 24) and out["full_log_probs"].shape == (6, 24, 19)
 
 
-def test_metta_semantics_do_not_reset_inside_segments():
-    torch.manual_seed(0)
-    env = make_env("nav", num_envs=6, max_steps=7, seed=1)
-    policy = make_policy("fast", env, train_reset="none")
-    record = rollout(policy, env, 24)
-    policy.reset_memory()
-    out = policy(record.select("env_obs", "actions", "dones", "truncateds").clone())
-    gap = (out["act_log_prob"] - record["act_log_prob"]).abs()
-    first = (record["dones"] | record["truncateds"]).float().cumsum(1) == 0  # before the first episode end
-    assert gap[first].max() < 1e-5 and gap[~first].max() > 1e-3
-
-
 def test_chunked_unroll_equals_step_by_step_loop():
     torch.manual_seed(0)
     memory = LSTMMemory(8, 16, 2)
@@ -194,8 +182,8 @@ def test_bad_input_gets_clear_errors():
         policy(acting_td(torch.zeros(2, 200, 3)))
     with pytest.raises(ValueError, match=r"got torch.uint8 \[2, 100, 3\]"):
         policy(acting_td(torch.zeros(2, 100, 3, dtype=torch.uint8)))
-    with pytest.raises(ValueError, match="train_reset='sometimes'"):
-        make_policy("fast", SPEC, train_reset="sometimes")
+    with pytest.raises(ValueError, match="lstm_init='zeros'"):
+        make_policy("fast", SPEC, lstm_init="zeros")
     with pytest.raises(ValueError, match="unknown LatentAttn size"):
         POLICIES["latent_attn_tiny"].func(SPEC, size="huge")
 

@@ -157,6 +157,8 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not a minippo checkpoint"):
         load_checkpoint(str(other))
+    with pytest.raises(ValueError, match=r"options this version of minippo does not know \(\['train_reset'\]\)"):
+        TrainConfig.from_dict({"policy": "fast", "train_reset": "none"})
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -167,6 +169,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"device": "tpu"}, "cannot be used here"),
     ({"policy": "nope"}, "unknown policy 'nope'"),
     ({"env": "maze"}, "unknown task 'maze'"),
+    ({"faults": "no_relu,typo"}, "unknown fault 'typo'"),
 ])
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainer.faults import parse_faults
+
 SAMPLING = ("prioritized", "shuffled")
 
 
@@ -65,8 +67,9 @@ class TrainConfig:
     lstm_init: str = ""
     """LSTM biases: metta (every bias 1, Metta's; saturates the cell), forget (forget gate 1, others 0), or
     empty for the policy's own (metta for fast and latent_attn_*, forget for example)."""
-    train_reset: str = "dones"
-    """Training unroll: dones (reset at episode starts inside segments, as acting did) or none (Metta's)."""
+    faults: str = ""
+    """Comma-separated faults to switch on (trainer/faults.py), e.g. memoryless_rollout,no_relu, or the
+    preset prefix (what the collapsing port had). Empty: the correct trainer."""
     seed: int = 0
     """Seeds the env, the policy's initialisation and sampling, and minibatch sampling."""
     device: str = "auto"
@@ -94,9 +97,15 @@ class TrainConfig:
         return device
 
     @property
+    def fault_set(self) -> frozenset[str]:
+        """The fault names switched on, presets expanded; ValueError for an unknown or inapplicable one."""
+        return parse_faults(self.faults, self.policy)
+
+    @property
     def policy_options(self) -> dict:
-        """Options passed to make_policy beyond clip_range and train_reset."""
-        return {"lstm_init": self.lstm_init} if self.lstm_init else {}
+        """Everything make_policy needs beyond the policy's name and the env."""
+        options = {"clip_range": self.clip_range, "faults": self.fault_set}
+        return {**options, "lstm_init": self.lstm_init} if self.lstm_init else options
 
     @property
     def name(self) -> str:
@@ -122,6 +131,16 @@ class TrainConfig:
         need(self.prio_alpha >= 0 and 0 <= self.prio_beta0 <= 1, "prio_alpha must be >= 0 and prio_beta0 in [0, 1]")
         need(self.update_epochs >= 1 and self.learning_rate > 0, "update_epochs must be >= 1 and learning_rate > 0")
         need(self.checkpoint_interval >= 1, "checkpoint_interval must be at least 1")
+        self.fault_set  # noqa: B018 (raises for an unknown fault)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainConfig:
+        """The configuration a checkpoint saved; ValueError if it has options this version does not know."""
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"the checkpoint's configuration has options this version of minippo does not know "
+                             f"({unknown}): it was written by another version; retrain or use that version")
+        return cls(**saved)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -33,7 +33,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         if cfg.resume:
             saved = load_checkpoint(cfg.resume)
-            cfg = TrainConfig(**saved["config"]).replace(resume=cfg.resume)
+            cfg = TrainConfig.from_dict(saved["config"]).replace(resume=cfg.resume)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
@@ -41,8 +41,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the policy's initial weights and its action sampling
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
         cfg.validate(self.env.num_agents)
-        self.policy = make_policy(cfg.policy, self.env, clip_range=cfg.clip_range, train_reset=cfg.train_reset,
-                                  **cfg.policy_options).to(self.device)
+        self.faults = cfg.fault_set
+        self.policy = make_policy(cfg.policy, self.env, **cfg.policy_options).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
         self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device)
         self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)
@@ -59,7 +59,8 @@ class Trainer:
     # --- one update ---------------------------------------------------------------------------------
     def rollout(self) -> None:
         """Act bptt steps with every agent from zero memory, storing each step in the buffer."""
-        self.policy.reset_memory()
+        if "no_memory_reset" not in self.faults:  # FAULT no_memory_reset skips it
+            self.policy.reset_memory()
         self.buffer.reset()
         td = self.next_obs
         with torch.no_grad():
@@ -94,7 +95,8 @@ class Trainer:
                     index, weights = sample_segments(advantages, self.minibatch_segments, cfg.prio_alpha, beta, self.sampler)
                 else:
                     index, weights = shuffled[m], torch.ones(self.minibatch_segments, device=self.device)
-                self.policy.reset_memory()
+                if "no_memory_reset" not in self.faults:  # FAULT no_memory_reset skips it
+                    self.policy.reset_memory()
                 minibatch = data[index]
                 out = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
                 log_ratio = out["act_log_prob"] - minibatch["act_log_prob"]
@@ -113,7 +115,8 @@ class Trainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                self.policy.clip_weights()
+                if "no_clip_weights" not in self.faults:  # FAULT no_clip_weights skips it
+                    self.policy.clip_weights()
 
                 with torch.no_grad():
                     ratio[index] = mb_ratio.detach()
