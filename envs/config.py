@@ -172,7 +172,8 @@ TASKS: dict[str, GridConfig] = {
 def make_config(task: str = "arena", **overrides) -> GridConfig:
     """The named task's configuration with `overrides` applied, validated."""
     if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}, or mettagrid.arena / mettagrid.nav "
+                          "for the real MettaGrid")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GridConfig)})
     if unknown:
         raise ConfigError(f"unknown env option(s) {unknown}; see envs.config.GridConfig for the valid ones")

@@ -41,6 +41,8 @@ def take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class GridEnv:
     """`num_envs` maps × `agents_per_env` agents; agent i of map e is batch row e * agents_per_env + i."""
 
+    exact_resume = True  # state_dict holds everything: a resumed run continues the very same episodes
+
     def __init__(self, cfg: GridConfig):
         cfg.validate()
         self.cfg = cfg

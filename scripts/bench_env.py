@@ -21,7 +21,7 @@ from envs import make_env  # noqa: E402
 @dataclass
 class Args:
     task: str = "arena"
-    """Task to step: arena, nav or memory."""
+    """Task to step: arena, nav, memory, or mettagrid.arena / mettagrid.nav (the real MettaGrid, on the CPU)."""
     num_envs: list[int] = field(default_factory=lambda: [64, 256, 1024])
     """Map counts to measure (agents = maps x agents per map)."""
     steps: int = 200

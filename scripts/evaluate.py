@@ -15,6 +15,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import make_env  # noqa: E402
+from envs.grid import GridEnv  # noqa: E402
 from envs.render import LEGEND, render  # noqa: E402
 from policies import make_policy  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
@@ -43,6 +44,8 @@ def evaluate(args: Args) -> dict[str, float]:
     torch.manual_seed(args.seed)
     env = make_env(cfg.env, num_envs=args.num_envs, seed=args.seed, device=args.device,
                    **{**cfg.env_overrides, "desync_episodes": False})  # full-length episodes only
+    if args.replay and not isinstance(env, GridEnv):
+        raise ValueError(f"--replay draws our gridworld's maps; {cfg.env} is not one: leave --replay out")
     policy = make_policy(cfg.policy, env, **cfg.policy_options).to(args.device)
     policy.load_state_dict(state["policy"])
     policy.reset_memory()
@@ -69,7 +72,7 @@ def evaluate(args: Args) -> dict[str, float]:
 def main(args: Args) -> None:
     try:
         means = evaluate(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
     print(f"{args.checkpoint}: means over {args.episodes}+ agent-episodes")
     for k, v in means.items():

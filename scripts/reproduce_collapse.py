@@ -2,7 +2,7 @@
 
     python scripts/reproduce_collapse.py                  # Fast on nav: fixed, each fault alone, prefix; 3 seeds
     python scripts/reproduce_collapse.py --configs fixed prefix no_detach+no_memory_reset --budget 2000000
-    python scripts/reproduce_collapse.py --env memory --train-args "--lstm-init forget --num-envs 256"
+    python scripts/reproduce_collapse.py --env memory --train-args="--lstm-init forget --num-envs 256"
 
 A configuration is `fixed`, a fault, a preset (prefix) or faults joined by `+` (trainer/faults.py lists them).
 Every run is `scripts/train.py` in its own process, seeds 0..seeds-1 for every configuration (paired
@@ -11,9 +11,9 @@ comparisons). Writes to --out: a TensorBoard run per configuration and seed (`te
 reported with its error; the others go on.
 
 The table, per configuration, from each seed's `episode/return` curve (one point per update):
-    final      mean of the last `window` points
-    peak       highest mean of `window` consecutive points, and the step it ends at
-    collapsed  the run rose at least `min_rise` above its first `window` points, then lost more than half of
+    final      mean of the last w points, w = `window` x the number of points (at least 1)
+    peak       highest mean of w consecutive points, and the step it ends at
+    collapsed  the run rose at least `min_rise` above its first w points, then lost more than half of
                that rise by the end (final - initial < (peak - initial) / 2)
     vs fixed   final minus fixed's final, paired by seed: mean, and its standard error
     verdict    crashes (a seed crashed) > collapses (most seeds collapsed) > degrades (worse than fixed by more
@@ -62,15 +62,17 @@ class Args:
     preset: str = "cpu"
     """scripts/train.py preset for batch sizes and learning rate."""
     train_args: str = ""
-    """More scripts/train.py options for every run, e.g. "--lstm-init forget --num-envs 256"."""
+    """More scripts/train.py options for every run, e.g. --train-args="--lstm-init forget --num-envs 256" (with the =)."""
     jobs: int = 2
     """Runs at once; each gets cpu_count / jobs torch threads."""
     out: str = "runs/collapse"
     """Output folder."""
-    window: int = 3
-    """Points (updates) averaged for initial, peak and final."""
+    window: float = 0.1
+    """Fraction of a run's points (one per update) averaged for its initial, peak and final return."""
     min_rise: float = 0.05
     """Return a run must gain to count as having learned (and the smallest difference called an effect)."""
+    analyze_only: bool = False
+    """Train nothing: summarize the runs already in --out again (e.g. with another window or min_rise)."""
     keep_checkpoints: bool = False
     """Keep each run's final checkpoint (about 7 MB each for Fast)."""
 
@@ -112,9 +114,22 @@ def train(args: Args, run: Run, threads: int) -> Run:
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         run.error = lines[-1] if lines else f"exit code {done.returncode}"
+        with open(os.path.join(run_dir, "error.txt"), "w") as f:
+            f.write(run.error)
     if not args.keep_checkpoints and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
         os.remove(os.path.join(run_dir, "checkpoint.pt"))
+    return load(args, run)
+
+
+def load(args: Args, run: Run) -> Run:
+    """The run's curves, and its error if it crashed."""
+    run_dir = os.path.join(args.out, run.name)
+    if not os.path.isdir(run_dir):
+        run.error = f"no run in {run_dir}: run without --analyze-only first"
+        return run
     run.curves = read_scalars(run_dir)
+    if os.path.exists(os.path.join(run_dir, "error.txt")):
+        run.error = open(os.path.join(run_dir, "error.txt")).read()
     return run
 
 
@@ -129,16 +144,17 @@ def moving_mean(values: list[float], window: int) -> list[float]:
 
 def run_numbers(run: Run, args: Args) -> dict | None:
     steps, values = returns(run)
-    if len(values) < args.window:
+    if not values:
         return None
-    smooth = moving_mean(values, args.window)
+    w = max(1, round(args.window * len(values)))
+    smooth = moving_mean(values, w)
     initial, final = smooth[0], smooth[-1]
     best = max(range(len(smooth)), key=smooth.__getitem__)
     peak = smooth[best]
     rise = peak - initial
-    return {"initial": initial, "final": final, "peak": peak, "peak_step": steps[best + args.window - 1],
+    return {"initial": initial, "final": final, "peak": peak, "peak_step": steps[best + w - 1],
             "collapsed": rise >= args.min_rise and final - initial < rise / 2,
-            "steps": steps[args.window - 1:], "smooth": smooth}
+            "steps": steps[w - 1:], "smooth": smooth}
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -248,6 +264,7 @@ def figure(path: str, args: Args, runs: list[Run], rows: list[dict]) -> str:
         return 'no figure: plotting needs matplotlib (pip install -e ".[plots]")'
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     def band(config: str):
@@ -277,6 +294,7 @@ def figure(path: str, args: Args, runs: list[Run], rows: list[dict]) -> str:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("agent steps")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
     for ax in axes[:, 0]:
         ax.set_ylabel("episode return")
     fig.suptitle(f"{args.policy} on {args.env}: mean and min-max over {args.seeds} seeds", fontsize=11)
@@ -292,8 +310,8 @@ def main(args: Args) -> None:
                 parse_faults(faults_of(config), args.policy)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    if args.seeds < 1 or args.jobs < 1 or args.window < 1:
-        sys.exit("error: seeds, jobs and window must be at least 1")
+    if args.seeds < 1 or args.jobs < 1 or not 0 < args.window <= 1:
+        sys.exit("error: seeds and jobs must be at least 1, window in (0, 1]")
     os.makedirs(args.out, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     todo = [Run(config, seed) for config in args.configs for seed in range(args.seeds)]
@@ -301,7 +319,8 @@ def main(args: Args) -> None:
           f"{threads} torch threads each; logs in {args.out}", flush=True)
     runs: list[Run] = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        for future in as_completed([pool.submit(train, args, r, threads) for r in todo]):
+        work = (lambda r: load(args, r)) if args.analyze_only else (lambda r: train(args, r, threads))
+        for future in as_completed([pool.submit(work, r) for r in todo]):
             run = future.result()
             runs.append(run)
             n = run_numbers(run, args)

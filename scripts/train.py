@@ -30,7 +30,7 @@ def main() -> None:
     cfg = tyro.cli(TrainConfig, default=PRESETS[known.preset], args=rest, description=__doc__)
     try:
         trainer = Trainer(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
     c = trainer.cfg
     print(f"{c.policy} on {c.env}: {trainer.env.num_agents} agents, batch {trainer.batch_size:,}, "

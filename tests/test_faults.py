@@ -184,7 +184,7 @@ def fake_run(study, config, seed, values):
 
 def test_collapse_definition_and_verdicts():
     s = study()
-    args = s.Args(configs=["fixed", "falls", "worse", "same"], seeds=3, window=2, min_rise=0.05)
+    args = s.Args(configs=["fixed", "falls", "worse", "same"], seeds=3, window=0.3, min_rise=0.05)
     rise_fall = [0.1, 0.1, 0.5, 0.5, 0.5, 0.15, 0.15]  # rose 0.4, kept 0.05 of it: collapsed
     assert s.run_numbers(fake_run(s, "x", 0, rise_fall), args)["collapsed"]
     dip = [0.1, 0.1, 0.5, 0.5, 0.5, 0.4, 0.4]  # kept 0.3 of 0.4: not collapsed
@@ -203,7 +203,7 @@ def test_collapse_definition_and_verdicts():
 def test_reproduce_collapse_reports_a_crash_and_writes_its_outputs(tmp_path):
     s = study()
     args = s.Args(configs=["fixed", "no_detach+no_memory_reset"], seeds=1, budget=8 * 16 * 3, out=str(tmp_path),
-                  train_args="--num-envs 8 --bptt 16 --minibatch-size 64 --env-overrides max_steps 10", window=1)
+                  train_args="--num-envs 8 --bptt 16 --minibatch-size 64 --env-overrides max_steps 10")
     s.main(args)
     summary = (tmp_path / "summary.md").read_text()
     assert "| fixed |" in summary and "| no_detach+no_memory_reset | - |" in summary and "crashes" in summary

@@ -18,11 +18,13 @@ class TrainConfig:
     policy: str = "fast"
     """Policy: fast, latent_attn_tiny, latent_attn_small, latent_attn_med or example."""
     env: str = "arena"
-    """Task: arena, nav or memory."""
+    """Task: arena, nav or memory (our gridworld), or mettagrid.arena / mettagrid.nav (the real MettaGrid package,
+    pip install -e ".[mettagrid]")."""
     num_envs: int = 32
     """Maps stepped together (agents = maps x agents per map)."""
     env_overrides: dict[str, int] = field(default_factory=dict)
-    """Integer GridConfig fields to change, e.g. --env-overrides max_steps 100 walls 0."""
+    """Integer env config fields to change (GridConfig, or MettaGridConfig for mettagrid.*), e.g.
+    --env-overrides max_steps 100 walls 0."""
     total_steps: int = 2_000_000
     """Agent steps to train for."""
     bptt: int = 64

@@ -212,7 +212,10 @@ class Trainer:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.env.load_state_dict(state["env"])
-        self.next_obs = TensorDict(state["next_obs"], batch_size=[self.env.num_agents]).to(self.device)
+        if self.env.exact_resume:
+            self.next_obs = TensorDict(state["next_obs"], batch_size=[self.env.num_agents]).to(self.device)
+        else:  # the env restarted its episodes on load
+            self.next_obs = self.env.reset()
         torch.set_rng_state(state["rng"]["torch"])
         self.sampler.set_state(state["rng"]["sampler"])
         if state["rng"]["cuda"]:
