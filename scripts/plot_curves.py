@@ -23,6 +23,13 @@ class Args:
     """Scalar to plot."""
     title: str = ""
     """Figure title."""
+    per: str = ""
+    """Plot tag / this scalar instead, e.g. episode/length (return per step when desynchronised first episodes
+    are short)."""
+    scale: float = 1.0
+    """Multiply the plotted values by this (e.g. 1000 with --per episode/length: per 1000 steps)."""
+    ylabel: str = ""
+    """Y-axis label (default: the tag)."""
     hline: float | None = None
     """Draw a dashed reference line at this value (e.g. chance)."""
     hline_label: str = "chance"
@@ -50,14 +57,17 @@ def main(args: Args) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in args.runs:
         scalars = read_scalars(run)
-        if args.tag not in scalars:
-            sys.exit(f"error: {run} has no scalar {args.tag!r}; it has {sorted(scalars)}")
+        for tag in filter(None, (args.tag, args.per)):
+            if tag not in scalars:
+                sys.exit(f"error: {run} has no scalar {tag!r}; it has {sorted(scalars)}")
         steps, values = scalars[args.tag]
+        divisors = scalars[args.per][1] if args.per else [1.0] * len(values)
+        values = [v / d * args.scale for v, d in zip(values, divisors)]
         ax.plot(steps, values, label=os.path.basename(os.path.normpath(run)))
     if args.hline is not None:
         ax.axhline(args.hline, linestyle="--", color="gray", label=args.hline_label)
     ax.set_xlabel("agent steps")
-    ax.set_ylabel(args.tag)
+    ax.set_ylabel(args.ylabel or args.tag)
     ax.set_title(args.title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -279,14 +279,14 @@ def figure(path: str, args: Args, runs: list[Run], rows: list[dict]) -> str:
     cols = min(4, len(others))
     fig, axes = plt.subplots(math.ceil(len(others) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(others) / cols)),
                              sharex=True, sharey=True, squeeze=False)
-    reference = band("fixed")
+    bands = {row["config"]: band(row["config"]) for row in rows}
     for ax, row in zip(axes.flat, others):
-        for config, color in (("fixed", "gray"), (row["config"], "tab:red")):
-            b = reference if config == "fixed" else band(config)
-            if b is None or (config == "fixed" and row["config"] == "fixed"):
-                continue
-            ax.plot(b[0], b[1], color=color, label=config)
-            ax.fill_between(b[0], b[2], b[3], color=color, alpha=0.2)
+        shown = [("fixed", "gray"), (row["config"], "tab:red")] if row["config"] != "fixed" else [("fixed", "gray")]
+        for config, color in shown:
+            if bands.get(config) is not None:
+                steps, mean, low, high = bands[config]
+                ax.plot(steps, mean, color=color, label=config)
+                ax.fill_between(steps, low, high, color=color, alpha=0.2)
         ax.set_title(f"{row['config']}: {row['verdict']}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
