@@ -10,14 +10,9 @@ def make_env(task: str = "arena", **overrides):
     fields) or the real MettaGrid ("mettagrid.arena", "mettagrid.nav"; envs/mettagrid.py MettaGridConfig
     fields, needs the mettagrid extra)."""
     if task.startswith("mettagrid."):
-        import dataclasses
+        from envs.mettagrid import make_mettagrid_env  # imported only when asked for: an optional extra
 
-        from envs.mettagrid import MettaGridConfig, MettaGridEnv  # imported only when asked for: an optional extra
-
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(MettaGridConfig)})
-        if unknown:
-            raise ValueError(f"unknown MettaGrid options {unknown}; see envs/mettagrid.py MettaGridConfig")
-        return MettaGridEnv(MettaGridConfig(task=task.removeprefix("mettagrid."), **overrides))
+        return make_mettagrid_env(task.removeprefix("mettagrid."), **overrides)
     return GridEnv(make_config(task, **overrides))
 
 

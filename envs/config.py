@@ -169,12 +169,17 @@ TASKS: dict[str, GridConfig] = {
 }
 
 
+def unknown_options(config_class, names) -> list[str]:
+    """The names that are not fields of the dataclass `config_class`, sorted (for errors that list them)."""
+    return sorted(set(names) - {f.name for f in dataclasses.fields(config_class)})
+
+
 def make_config(task: str = "arena", **overrides) -> GridConfig:
     """The named task's configuration with `overrides` applied, validated."""
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}, or mettagrid.arena / mettagrid.nav "
                           "for the real MettaGrid")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GridConfig)})
+    unknown = unknown_options(GridConfig, overrides)
     if unknown:
         raise ConfigError(f"unknown env option(s) {unknown}; see envs.config.GridConfig for the valid ones")
     cfg = TASKS[task].replace(**overrides)

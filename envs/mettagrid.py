@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from envs.config import unknown_options
 from envs.spec import EnvSpec
 
 os.environ.setdefault("METTAGRID_LOG_LEVEL", "WARNING")  # importing mettagrid otherwise turns root logging to INFO
@@ -86,6 +87,14 @@ def build_task(cfg: MettaGridConfig):
     return game
 
 
+def make_mettagrid_env(task: str, **overrides) -> MettaGridEnv:
+    """MettaGrid task `task` ("arena" or "nav") with MettaGridConfig `overrides`."""
+    unknown = unknown_options(MettaGridConfig, overrides)
+    if unknown:
+        raise ValueError(f"unknown MettaGrid options {unknown}; see envs/mettagrid.py MettaGridConfig")
+    return MettaGridEnv(MettaGridConfig(task=task, **overrides))
+
+
 class MettaGridEnv:
     """`num_envs` simulations × `agents_per_env` agents; agent i of simulation e is row e * agents_per_env + i."""
 
@@ -119,7 +128,6 @@ class MettaGridEnv:
         self.truncations = np.zeros(N, dtype_truncations)
         self.actions = np.zeros(N, dtype_actions)
         self.no_vibes = np.zeros(N, dtype_actions)
-        self.rng = np.random.default_rng(cfg.seed)
         self.simulators: list = [None] * E
         self.sims: list = [None] * E
         self.episode = np.zeros((N, 2))  # running return and length per agent

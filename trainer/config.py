@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from envs.config import unknown_options
 from trainer.faults import parse_faults
 
 SAMPLING = ("prioritized", "shuffled")
@@ -138,7 +139,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, saved: dict) -> TrainConfig:
         """The configuration a checkpoint saved; ValueError if it has options this version does not know."""
-        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        unknown = unknown_options(cls, saved)
         if unknown:
             raise ValueError(f"the checkpoint's configuration has options this version of minippo does not know "
                              f"({unknown}): it was written by another version; retrain or use that version")
