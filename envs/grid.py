@@ -59,6 +59,10 @@ class GridEnv:
         self._build_window()
         E, A_, M = self.num_envs, self.agents_per_env, self.num_rows
         self.num_agents = E * A_
+        # on the CPU reading a value back costs nothing; on an accelerator the step never waits for the device
+        self.reads_are_free = dev.type == "cpu"
+        self.agent_index = torch.arange(A_, device=dev)
+        self.noop_action = torch.tensor([A["noop"], 0], device=dev)
         self.env_row_base = (torch.arange(E, device=dev) * M).repeat_interleave(A_)[:, None]  # row offset of each agent's map
         self.obj = torch.zeros(E, M, len(FEATURE_NAMES), dtype=torch.int16, device=dev)
         self.grid = torch.zeros(E, self.Hp * self.Wp, dtype=torch.int16, device=dev)
@@ -118,7 +122,8 @@ class GridEnv:
         col = lambda i: torch.tensor([c[i] for c in conv], dtype=torch.long, device=dev)  # noqa: E731
         self.conv_in, self.conv_out, self.conv_cooldown, self.conv_max = col(0), col(1), col(2), col(3)
         self.is_altar = torch.zeros(self.num_rows, dtype=torch.bool, device=dev)
-        self.is_altar[[i for i, k in enumerate(kinds) if k == "altar"]] = True
+        self.altar_rows = torch.tensor([i for i, k in enumerate(kinds) if k == "altar"], dtype=torch.long, device=dev)
+        self.is_altar[self.altar_rows] = True
         # per-row lookups over all rows (-1 where the row is no converter)
         self.row_in = torch.full((self.num_rows,), -1, dtype=torch.long, device=dev)
         self.row_out = torch.full((self.num_rows,), -1, dtype=torch.long, device=dev)
@@ -197,7 +202,7 @@ class GridEnv:
         if seed is not None:
             self.generator.manual_seed(seed)
         E = self.num_envs
-        self._reset_maps(torch.arange(E, device=self.device))
+        self._reset_maps(torch.ones(E, dtype=torch.bool, device=self.device))
         if self.cfg.desync_episodes:
             self.limit = torch.randint(1, self.cfg.max_steps + 1, (E,), device=self.device, generator=self.generator)
         self.episode.zero_()
@@ -205,40 +210,41 @@ class GridEnv:
         zeros = torch.zeros(self.num_agents, dtype=torch.bool, device=self.device)
         return self._output(self._observe_and_count(), torch.zeros(self.num_agents, device=self.device), zeros, zeros)
 
-    def _reset_maps(self, idx: torch.Tensor) -> None:
-        """Lay out a new episode on maps `idx`."""
-        K, A_, dev, g = len(idx), self.agents_per_env, self.device, self.generator
-        grid = self.base_grid.expand(K, -1).clone()
-        obj = self.init_obj.expand(K, -1, -1).clone()
+    def _reset_maps(self, reset: torch.Tensor) -> None:
+        """Lay out a new episode on the maps where `reset [num_envs]` is True. A fresh layout is drawn for every
+        map and kept where `reset` holds: a mask, not a list of maps, so a step never waits for the device."""
+        E, A_, dev, g = self.num_envs, self.agents_per_env, self.device, self.generator
+        grid = self.base_grid.expand(E, -1).clone()
+        obj = self.init_obj.expand(E, -1, -1).clone()
         if self.cfg.layout is None:
-            c = self.counts
-            n_obj = c["mine_red"] + c["generator_red"] + c["altar"]
             rows = torch.cat([self.agent_rows, torch.arange(self.conv0, self.conv1, device=dev),
                               torch.full((self.cfg.blocks,), BLOCK, device=dev),
                               torch.full((self.cfg.walls,), WALL, device=dev)])
-            need = A_ + n_obj + self.cfg.blocks + self.cfg.walls
-            pick = torch.rand(K, len(self.interior), device=dev, generator=g).argsort(1)[:, :need]
+            # distinct cells in random order: the largest of uniform draws (a partial sort, not a full one)
+            pick = torch.rand(E, len(self.interior), device=dev, generator=g).topk(len(rows), 1).indices
             cells = self.interior[pick]
-            grid.scatter_(1, cells, rows.to(grid.dtype).expand(K, -1))
+            grid.scatter_(1, cells, rows.to(grid.dtype).expand(E, -1))
             pos, facing = cells[:, :A_], torch.full((A_,), -1, device=dev)
         else:
-            pos, facing = self.layout_cells.expand(K, -1), self.layout_facing
-        random_facing = torch.randint(0, 4, (K, A_), device=dev, generator=g)
+            pos, facing = self.layout_cells.expand(E, -1), self.layout_facing
+        random_facing = torch.randint(0, 4, (E, A_), device=dev, generator=g)
         obj[:, 3:3 + A_, F["orientation"]] = torch.where(facing >= 0, facing, random_facing).to(obj.dtype)
-        self.decoy[idx] = False
+        decoy, cue_cell = torch.zeros_like(self.decoy), self.cue_cell
         if self.cue_row >= 0:  # the cue faces the altar that pays: 0 up (the first in reading order), 1 down
-            cue = torch.randint(0, 2, (K,), device=dev, generator=g)
+            cue = torch.randint(0, 2, (E,), device=dev, generator=g)
             obj[:, self.cue_row, F["orientation"]] = cue.to(obj.dtype)
-            altars = self.is_altar.nonzero().squeeze(1)
-            self.decoy[idx[:, None], altars] = torch.stack([cue == 1, cue == 0], 1)
-            self.cue_cell[idx] = self.layout_cue.expand(K, 1)
+            decoy[:, self.altar_rows] = torch.stack([cue == 1, cue == 0], 1)
+            cue_cell = self.layout_cue.expand(E, 1)
             obj[:, self.agent_rows, F["frozen"]] = self.cfg.cue_steps + self.cfg.cue_delay
-        self.grid[idx], self.obj[idx], self.pos[idx] = grid, obj, pos
-        self.timer[idx] = 0
-        self.steps[idx], self.takes[idx] = 0, 0
-        self.limit[idx] = self.cfg.max_steps
-        self.last_action[idx] = torch.tensor([A["noop"], 0], device=dev)
-        self.last_reward[idx] = 0.0
+        r = reset[:, None]
+        self.grid, self.pos = torch.where(r, grid, self.grid), torch.where(r, pos, self.pos)
+        self.obj = torch.where(r[..., None], obj, self.obj)
+        self.decoy, self.cue_cell = torch.where(r, decoy, self.decoy), torch.where(r, cue_cell, self.cue_cell)
+        self.timer = torch.where(r, 0, self.timer)
+        self.steps, self.takes = torch.where(reset, 0, self.steps), torch.where(reset, 0, self.takes)
+        self.limit = torch.where(reset, self.cfg.max_steps, self.limit)
+        self.last_action = torch.where(r[..., None], self.noop_action, self.last_action)
+        self.last_reward = torch.where(r, 0.0, self.last_reward)
 
     # --- saving and restoring: a resumed run continues exactly --------------------------------------
     STATE = ("obj", "grid", "pos", "timer", "decoy", "cue_cell", "steps", "limit", "takes", "last_action",
@@ -278,7 +284,8 @@ class GridEnv:
         acting = valid & ~frozen
         typ = torch.where(acting, typ, A["noop"])
         arg = torch.where(acting, arg, 0)
-        order = torch.rand(E, A_, device=dev, generator=self.generator).argsort(1).argsort(1)  # rank in random order
+        # a random order without sorting: distinct random keys (a random number, then the agent to break ties)
+        order = torch.randint(0, 1 << 40, (E, A_), device=dev, generator=self.generator) * A_ + self.agent_index
         facing = agents[..., F["orientation"]].long()
         fwd = self.dir_flat[facing]
         front = self.pos + fwd
@@ -399,8 +406,8 @@ class GridEnv:
         self.finished[:-1] += (self.episode * done[..., None]).sum((0, 1)).double()
         self.finished[-1] += done.sum() * self.agents_per_env
         self.episode *= 1 - done[..., None]
-        if done_env.any():
-            self._reset_maps(done_env.nonzero().squeeze(1))
+        if not self.reads_are_free or done_env.any():  # skip the draws when no map ends, where asking is free
+            self._reset_maps(done_env)
 
     def episode_stats(self) -> dict[str, float]:
         """Mean of each statistic over the agent-episodes finished since the last call (empty if none)."""

@@ -21,8 +21,8 @@ def sample_segments(advantages: torch.Tensor, count: int, alpha: float, beta: fl
     """`advantages [segments, bptt]` -> (`count` segment indices, their importance weights)."""
     priority = advantages.abs().sum(1).pow(alpha)
     probs = priority / priority.sum()
-    if not torch.isfinite(probs).all() or probs.sum() <= 0:  # all advantages zero: fall back to uniform
-        probs = torch.full_like(priority, 1 / len(priority))
+    usable = torch.isfinite(probs).all() & (probs.sum() > 0)  # all advantages zero: fall back to uniform
+    probs = torch.where(usable, probs, 1 / len(priority))  # a where, not an if: no wait for the device
     index = torch.multinomial(probs, count, replacement=False, generator=generator)
     weights = (len(probs) * probs[index]).pow(-beta)
     return index, weights

@@ -3,8 +3,8 @@
     obs tokens --encoder--> [N, 128] --LSTMMemory--> h --critic--> value
                                                       \\--actor---> logits over all (type, arg) pairs
 
-Acting (rollout), TensorDict `[B]` with `env_obs`, `dones`, `truncateds`, `training_env_id_start` (a `[B]`
-    tensor, every entry the slice's first agent index)
+Acting (rollout), TensorDict `[B]` with `env_obs`, `dones`, `truncateds`, `training_env_id_start` (the slice's
+    first agent index: a plain int, or a `[B]` tensor of it as in Metta)
     -> writes `actions [B, 2]`, `act_log_prob`, `values`, `full_log_probs [B, pairs]`.
 Training, TensorDict `[B, T]` with `env_obs`, `actions`, `dones`, `truncateds`
     -> writes `act_log_prob`, `entropy`, `values`, `full_log_probs`, all `[B, T, ...]`.
@@ -52,16 +52,14 @@ class RecurrentPolicy(nn.Module):
         key = _slice_key(td)
         if td.batch_dims == 1:  # acting: one step per agent
             h = self.memory.step(self.encoder(obs), starts, key)
-            logits, values = self.actor(h), self.critic(h).squeeze(-1)
-            log_probs = torch.log_softmax(logits, -1)
+            log_probs, values = self._heads(h)
             index = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
             td["actions"] = self.actions.to_pairs(index)
         elif td.batch_dims == 2:  # training: [B, T] segments
             B, T = td.batch_size
             x = self.encoder(obs.flatten(0, 1)).view(B, T, -1)
             h = self.memory.unroll(x, starts, key)
-            logits, values = self.actor(h), self.critic(h).squeeze(-1)
-            log_probs = torch.log_softmax(logits, -1)
+            log_probs, values = self._heads(h)
             index = self.actions.to_index(td["actions"])
             td["entropy"] = -(log_probs.exp() * log_probs).sum(-1)
         else:
@@ -71,6 +69,16 @@ class RecurrentPolicy(nn.Module):
         td["values"] = values
         td["full_log_probs"] = log_probs
         return td
+
+    def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 softmax and values even under bf16 autocast: bf16 log-probs would make the PPO ratio noisy
+        return torch.log_softmax(self.actor(h).float(), -1), self.critic(h).squeeze(-1).float()
+
+    def compile_parts(self) -> None:
+        """torch.compile the encoder and the heads in place (parameter names unchanged). The memory stays
+        eager: its per-slice state is Python-side and its unroll is already one LSTM call per stretch."""
+        for part in (self.encoder, self.critic, self.actor):
+            part.compile()
 
     def clip_weights(self) -> None:
         """Clamp each Linear/Conv weight to ±clip_range × its largest initial |w|; nothing when clip_range is 0."""
@@ -96,10 +104,11 @@ class RecurrentPolicy(nn.Module):
 
 
 def _slice_key(td: TensorDict) -> int:
-    """The env slice's first agent index (0 when the batch does not say)."""
-    key = td.get("training_env_id_start", None)
-    if key is None:
+    """The env slice's first agent index (0 when the batch does not say). A plain int (`td.set_non_tensor`)
+    is read as is; a tensor, as Metta passes it, costs a read back from the device."""
+    if "training_env_id_start" not in td.keys():
         return 0
+    key = td["training_env_id_start"]
     return int(key.flatten()[0]) if isinstance(key, torch.Tensor) else int(key)
 
 

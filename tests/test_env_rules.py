@@ -179,8 +179,10 @@ def test_invalid_actions_fail_harmlessly_and_are_counted():
         env.step(torch.zeros(2, 2, dtype=torch.long))
 
 
-def test_truncation_desync_and_autoreset():
+@pytest.mark.parametrize("reads_are_free", [True, False])  # False: the accelerator's path, no read back per step
+def test_truncation_desync_and_autoreset(reads_are_free):
     env = make_env("arena", num_envs=64, max_steps=50, seed=0)
+    env.reads_are_free = reads_are_free
     assert 1 <= int(env.limit.min()) and int(env.limit.max()) <= 50 and len(env.limit.unique()) > 10
     noop = torch.tensor([[A["noop"], 0]]).expand(env.num_agents, 2)
     first_end = env.limit.clone()
@@ -226,8 +228,10 @@ def test_same_seed_same_run_and_different_seed_differs():
     assert not torch.equal(run(1), run(2))
 
 
-def test_memory_cue_leaves_the_view_and_nothing_else_tells():
+@pytest.mark.parametrize("reads_are_free", [True, False])
+def test_memory_cue_leaves_the_view_and_nothing_else_tells(reads_are_free):
     env = make_env("memory", num_envs=32, seed=0)
+    env.reads_are_free = reads_are_free
     history = [env.reset(0)["env_obs"]]
     cue = env.obj[:, env.cue_row, F["orientation"]].clone()
     assert set(cue.tolist()) == {0, 1}
@@ -244,3 +248,6 @@ def test_memory_cue_leaves_the_view_and_nothing_else_tells():
     # facing the upper altar: it pays iff the cue faced up
     td = env.step(torch.tensor([[A["get_items"], 0]]).expand(32, 2))
     assert torch.equal(td["rewards"] == 1.0, cue == 0) and td["dones"].all()
+    # every map starts over: step 0, a new cue, and the altar it faces is the one that pays
+    cue = env.obj[:, env.cue_row, F["orientation"]]
+    assert (env.steps == 0).all() and torch.equal(env.decoy[:, env.altar_rows], torch.stack([cue == 1, cue == 0], 1))

@@ -73,6 +73,11 @@ class TrainConfig:
     faults: str = ""
     """Comma-separated faults to switch on (trainer/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
+    bf16: bool = False
+    """Run the policy under bfloat16 autocast (AMX on recent Xeons, tensor cores on GPUs); log-probs, values,
+    losses and the optimizer stay fp32."""
+    compile: bool = False
+    """torch.compile the policy's encoder and heads (the first update then takes tens of seconds longer)."""
     seed: int = 0
     """Seeds the env, the policy's initialisation and sampling, and minibatch sampling."""
     device: str = "auto"

@@ -43,7 +43,9 @@ class Trainer:
         cfg.validate(self.env.num_agents)
         self.faults = cfg.fault_set
         self.policy = make_policy(cfg.policy, self.env, **cfg.policy_options).to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        if cfg.compile:
+            self.policy.compile_parts()
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
         self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device)
         self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)
         self.batch_size = self.buffer.batch_size
@@ -52,7 +54,6 @@ class Trainer:
         self.update = 0
         self.global_step = 0
         self.next_obs = self.env.reset()
-        self.slice_start = torch.zeros(self.env.num_agents, dtype=torch.long, device=self.device)
         if cfg.resume:
             self.load_state_dict(saved)
 
@@ -65,8 +66,9 @@ class Trainer:
         td = self.next_obs
         with torch.no_grad():
             while not self.buffer.ready:
-                td["training_env_id_start"] = self.slice_start  # one slice: every agent, from agent 0
-                td = self.policy(td)
+                td.set_non_tensor("training_env_id_start", 0)  # one slice: every agent, from agent 0
+                with self.autocast():
+                    td = self.policy(td)
                 self.buffer.store(td, start=0)
                 td = self.env.step(td["actions"])
         self.next_obs = td
@@ -84,8 +86,8 @@ class Trainer:
         returns = advantage_of(ratio) + data["values"]
         beta = prio_beta(cfg.prio_beta0, cfg.prio_alpha, self.update, self.num_updates)
         per_epoch = self.buffer.segments // self.minibatch_segments
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
-        first_ratio_deviation = None
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
+        stats["ratio_deviation_first_minibatch"] = []  # before any step: 0 exactly when training matches acting
         for _ in range(cfg.update_epochs):
             shuffled = (shuffled_minibatches(self.buffer.segments, self.minibatch_segments, self.sampler, self.device)
                         if cfg.sampling == "shuffled" else None)
@@ -98,7 +100,8 @@ class Trainer:
                 if "no_memory_reset" not in self.faults:  # FAULT no_memory_reset skips it
                     self.policy.reset_memory()
                 minibatch = data[index]
-                out = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
+                with self.autocast():
+                    out = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
                 log_ratio = out["act_log_prob"] - minibatch["act_log_prob"]
                 mb_ratio = log_ratio.exp()
                 adv = advantages[index]
@@ -118,20 +121,24 @@ class Trainer:
                 if "no_clip_weights" not in self.faults:  # FAULT no_clip_weights skips it
                     self.policy.clip_weights()
 
-                with torch.no_grad():
+                with torch.no_grad():  # statistics stay on the device until the update ends
                     ratio[index] = mb_ratio.detach()
-                    if first_ratio_deviation is None:  # before any step: 1 exactly when training matches acting
-                        first_ratio_deviation = float((mb_ratio - 1).abs().max())
+                    if not stats["ratio_deviation_first_minibatch"]:
+                        stats["ratio_deviation_first_minibatch"].append((mb_ratio - 1).abs().max())
                     for k, v in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
                                  ("approx_kl", ((mb_ratio - 1) - log_ratio).mean()),
                                  ("clipfrac", ((mb_ratio - 1).abs() > cfg.clip_coef).float().mean())):
-                        stats[k].append(float(v))
+                        stats[k].append(v.detach())
         values, returns = data["values"].flatten(), returns.flatten()
-        explained = 1 - float((returns - values).var() / returns.var()) if returns.var() > 0 else float("nan")
+        spread = returns.var()
+        stats["explained_variance"] = [torch.where(spread > 0, 1 - (returns - values).var() / spread, torch.nan)]
         self.update += 1
-        metrics = {k: sum(v) / len(v) for k, v in stats.items()}
-        metrics.update(explained_variance=explained, learning_rate=lr, ratio_deviation_first_minibatch=first_ratio_deviation)
-        return metrics
+        means = torch.stack([torch.stack(v).float().mean() for v in stats.values()]).tolist()  # the one read back
+        return {**dict(zip(stats, means)), "learning_rate": lr}
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast around the policy when cfg.bf16, else a no-op."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.bf16)
 
     # --- the run ------------------------------------------------------------------------------------
     @property

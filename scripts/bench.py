@@ -1,0 +1,218 @@
+"""Training throughput and its parts, in agent steps per second, per policy.
+
+    python scripts/bench.py                                   # env, act, update and e2e for Fast, preset by device
+    python scripts/bench.py --what env --num-envs 64 1024 4096
+    python scripts/bench.py --policies fast example --bf16 --compile
+    python scripts/bench.py --profile                         # where one update's time goes
+    python scripts/bench.py --sync-check                      # fail on any read back from the device while acting
+
+    env     env.step with random valid actions
+    act     the policy's acting step on real observations (memory carried), no env
+    update  Trainer.learn on a full buffer: advantages, sampling, forward, backward, optimizer
+    e2e     Trainer rollout + learn, what a training run sustains
+Each figure is the median of `--repeats` timed runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from envs import make_env  # noqa: E402
+from trainer import Trainer  # noqa: E402
+from trainer.config import PRESETS  # noqa: E402
+from trainer.host_reads import HostReads  # noqa: E402
+
+WHAT = ("env", "act", "update", "e2e")
+
+
+@dataclass
+class Args:
+    what: list[str] = field(default_factory=lambda: list(WHAT))
+    """Measurements: env, act, update, e2e."""
+    policies: list[str] = field(default_factory=lambda: ["fast"])
+    """Policies to measure."""
+    env: str = "arena"
+    """Task (arena, nav, memory, or mettagrid.arena / mettagrid.nav on the CPU)."""
+    num_envs: list[int] = field(default_factory=list)
+    """Map counts to measure (default: the preset's)."""
+    preset: str = ""
+    """Training configuration: cpu or gpu (default: by device)."""
+    minibatch_size: int = 0
+    """Agent steps per minibatch (0: the preset's)."""
+    bf16: bool = False
+    """Policy under bfloat16 autocast."""
+    compile: bool = False
+    """torch.compile the policy's encoder and heads."""
+    repeats: int = 3
+    """Timed runs per figure; the median is reported."""
+    device: str = "auto"
+    """cuda, cpu or auto."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    profile: bool = False
+    """Profile one update (rollout + learn) and print the operators that take the time."""
+    sync_check: bool = False
+    """Count reads back from the device: none allowed while acting (an error), learn's reported per minibatch.
+    On a GPU also torch.cuda.set_sync_debug_mode('error') around the rollout."""
+    json: str = ""
+    """Also write the results to this JSON file."""
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_rate(fn, work: int, repeats: int, device: torch.device) -> float:
+    """`work` agent steps per call of `fn`: median agent steps/s over `repeats` calls after a warm-up."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        rates.append(work / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]
+
+
+def env_rate(task: str, num_envs: int, device: torch.device, repeats: int, steps: int = 64) -> float:
+    env = make_env(task, num_envs=num_envs, device=str(device))
+    pairs = env.spec.action_pairs().to(env.device)
+    g = torch.Generator(env.device).manual_seed(0)
+    actions = [pairs[torch.randint(len(pairs), (env.num_agents,), device=env.device, generator=g)] for _ in range(16)]
+
+    def run():
+        for i in range(steps):
+            env.step(actions[i % 16])
+    return median_rate(run, env.num_agents * steps, repeats, device)
+
+
+def act_rate(trainer: Trainer, repeats: int) -> float:
+    """The rollout's policy calls alone, over observations the env produced."""
+    T, data = trainer.cfg.bptt, trainer.buffer.data
+    steps = [data[:, t].select("env_obs", "dones", "truncateds") for t in range(T)]
+
+    def run():
+        trainer.policy.reset_memory()
+        with torch.no_grad():
+            for td in steps:
+                td = td.clone(False)
+                td.set_non_tensor("training_env_id_start", 0)
+                with trainer.autocast():
+                    trainer.policy(td)
+    return median_rate(run, trainer.batch_size, repeats, trainer.device)
+
+
+def check_reads(trainer: Trainer) -> dict[str, int]:
+    """Acting must read nothing back; learn's reads are counted and returned."""
+    trainer.env.reads_are_free = False
+    if trainer.device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with HostReads() as reads:
+            trainer.rollout()
+    finally:
+        if trainer.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        trainer.env.reads_are_free = trainer.device.type == "cpu"
+    if reads.sites:
+        raise SystemExit("reads back from the device while acting:\n  " + "\n  ".join(sorted(set(reads.sites))))
+    with HostReads() as reads:
+        trainer.learn()
+    return dict(Counter(reads.sites))
+
+
+def profile_update(trainer: Trainer) -> None:
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        with record_function("rollout"):
+            trainer.rollout()
+        with record_function("learn"):
+            trainer.learn()
+        sync(trainer.device)
+    sort = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+
+
+def main(args: Args) -> None:
+    unknown = [w for w in args.what if w not in WHAT]
+    if unknown:
+        raise SystemExit(f"--what {unknown}: choose from {WHAT}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = PRESETS["cpu"].replace(device=args.device).resolved_device
+    preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]
+    changes = {"minibatch_size": args.minibatch_size} if args.minibatch_size else {}
+    base = preset.replace(env=args.env, device=str(device), bf16=args.bf16, compile=args.compile,
+                          total_steps=10**12, checkpoint_interval=10**9, **changes)
+    sizes = args.num_envs or [base.num_envs]
+    print(f"{datetime.date.today()} | {device_name(device)} | torch {torch.__version__} | "
+          f"{torch.get_num_threads()} threads | env {args.env} | preset {args.preset or device.type}: bptt {base.bptt}, "
+          f"minibatch {base.minibatch_size}, {base.update_epochs} epoch(s) | bf16 {args.bf16} | compile {args.compile}")
+    print(f"{'policy':<18} {'maps':>6} {'agents':>7}" + "".join(f" {w + ' SPS':>12}" for w in args.what))
+    results = []
+    with tempfile.TemporaryDirectory() as logs:
+        for n in sizes:
+            env_sps = env_rate(args.env, n, device, args.repeats) if "env" in args.what else None
+            for name in args.policies:
+                row = {"policy": name, "maps": n, "env": env_sps}
+                needs_trainer = args.profile or args.sync_check or set(args.what) - {"env"}
+                trainer = Trainer(base.replace(policy=name, num_envs=n, log_dir=logs)) if needs_trainer else None
+                if trainer:
+                    trainer.rollout()  # a full buffer for act and update; compiles when --compile
+                    row["agents"] = trainer.env.num_agents
+                if "act" in args.what:
+                    row["act"] = act_rate(trainer, args.repeats)
+                if "update" in args.what:
+                    row["update"] = median_rate(trainer.learn, trainer.batch_size, args.repeats, device)
+                if "e2e" in args.what:
+                    row["e2e"] = median_rate(lambda: (trainer.rollout(), trainer.learn()), trainer.batch_size,
+                                             args.repeats, device)
+                agents = row.get("agents") or make_env(args.env, num_envs=n, device=str(device)).num_agents
+                print(f"{name:<18} {n:>6} {agents:>7}" + "".join(f" {row[w]:>12,.0f}" for w in args.what))
+                if args.sync_check:
+                    reads = check_reads(trainer)
+                    per = trainer.buffer.segments // trainer.minibatch_segments * trainer.cfg.update_epochs
+                    print(f"  sync check: no reads while acting; learn reads back {sum(reads.values())} times "
+                          f"for {per} minibatches:")
+                    for site, count in sorted(reads.items()):
+                        print(f"    {count:>5}  {site}")
+                if args.profile:
+                    profile_update(trainer)
+                results.append(row)
+    if args.json:
+        meta = {"date": str(datetime.date.today()), "device": device_name(device), "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "env": args.env, "config": {
+                    k: getattr(base, k) for k in ("bptt", "minibatch_size", "update_epochs", "bf16", "compile")}}
+        with open(args.json, "w") as f:
+            json.dump({**meta, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,119 @@
+"""The fast paths: nothing read back from the device per step, and bf16 / torch.compile equal the plain path."""
+
+import re
+from collections import Counter
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from envs import make_env
+from policies import make_policy
+from trainer import TrainConfig, Trainer
+from trainer.host_reads import HostReads
+
+
+def small_trainer(tmp_path, **overrides) -> Trainer:
+    cfg = TrainConfig(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cpu", seed=3,
+                      log_dir=str(tmp_path), **overrides)
+    return Trainer(cfg)
+
+
+def test_host_reads_sees_every_kind_of_read():
+    x = torch.arange(6)
+    with HostReads() as reads:
+        bool(x.any()), int(x[0]), float(x[1]), x[2].item(), x.tolist(), x.nonzero(), x[x > 2], [0, 1][x[1]]
+        torch.where(x > 2, x, 0).sum()  # no read: stays a tensor
+    assert [s.split()[-1] for s in reads.sites] == [
+        "__bool__", "__int__", "__float__", "item", "tolist", "nonzero", "__getitem__", "__index__"]
+
+
+def test_rollout_reads_nothing_back_from_the_device(tmp_path):
+    trainer = small_trainer(tmp_path, env_overrides={"max_steps": 20})  # episodes end inside the rollout
+    trainer.env.reads_are_free = False  # what an accelerator runs
+    with HostReads() as reads:
+        trainer.rollout()
+    assert reads.sites == []
+    assert trainer.buffer.data["truncateds"].any()
+
+
+def test_learn_reads_back_once_per_minibatch_and_once_at_the_end(tmp_path):
+    trainer = small_trainer(tmp_path, env_overrides={"max_steps": 20})
+    trainer.rollout()
+    with HostReads() as reads:
+        trainer.learn()
+    minibatches = trainer.buffer.segments // trainer.minibatch_segments
+    where = Counter(re.sub(r":\d+", "", s.split("/")[-1]) for s in reads.sites)  # "file op"
+    # per minibatch: where episodes start inside the segments, to cut the unroll into the fewest LSTM calls
+    assert where.pop("memory.py nonzero") == where.pop("memory.py tolist") == minibatches
+    assert where == {"ppo.py tolist": 1}  # the metrics, once per update
+
+
+def policy_outputs(policy, env, steps=6):
+    """Acting log-probs and values over a few steps, then the training recomputation of them."""
+    g = torch.Generator().manual_seed(0)
+    pairs = env.spec.action_pairs()
+    td, acted, rows = env.reset(), [], []
+    policy.reset_memory()
+    with torch.no_grad():
+        for _ in range(steps):
+            td.set_non_tensor("training_env_id_start", 0)
+            td = policy(td)
+            td["actions"] = pairs[torch.randint(len(pairs), (env.num_agents,), generator=g)]
+            rows.append(td.select("env_obs", "actions", "dones", "truncateds").clone())
+            acted.append(torch.stack([td["values"], td["full_log_probs"].max(-1).values], -1))
+            td = env.step(td["actions"])
+        policy.reset_memory()
+        trained = policy(torch.stack(rows, 1))
+    return torch.stack(acted, 1), torch.stack([trained["values"], trained["full_log_probs"].max(-1).values], -1)
+
+
+@pytest.mark.parametrize("policy", ["fast", "latent_attn_tiny"])
+def test_bf16_autocast_matches_fp32(policy):
+    env = make_env("arena", num_envs=4, seed=0)
+    torch.manual_seed(0)
+    net = make_policy(policy, env)
+    torch.manual_seed(1)
+    plain = policy_outputs(net, make_env("arena", num_envs=4, seed=0))
+    with torch.autocast("cpu", torch.bfloat16):
+        torch.manual_seed(1)
+        fast = policy_outputs(net, make_env("arena", num_envs=4, seed=0))
+    for p, f in zip(plain, fast):
+        assert f.dtype == torch.float32
+        torch.testing.assert_close(f, p, atol=0.05, rtol=0.02)
+
+
+def test_bf16_training_matches_fp32(tmp_path):
+    runs = {}
+    for bf16 in (False, True):
+        trainer = small_trainer(tmp_path, bf16=bf16)
+        runs[bf16] = [trainer.train(updates=1, quiet=True)[0], trainer.policy.state_dict()]
+    (plain, plain_w), (fast, fast_w) = runs[False], runs[True]
+    assert fast["ratio_deviation_first_minibatch"] < 0.05  # training recomputes acting within bf16 precision
+    for k in ("value_loss", "entropy"):
+        assert fast[k] == pytest.approx(plain[k], rel=0.05)
+    for k in plain_w:
+        torch.testing.assert_close(fast_w[k], plain_w[k], atol=0.02, rtol=0.02)
+
+
+def test_compiled_policy_matches_eager():
+    env = make_env("arena", num_envs=2, seed=0)
+    torch.manual_seed(0)
+    net = make_policy("example", env)
+    eager = policy_outputs(net, make_env("arena", num_envs=2, seed=0), steps=3)
+    names = [k for k, _ in net.named_parameters()]
+    net.compile_parts()
+    assert [k for k, _ in net.named_parameters()] == names  # checkpoints load either way
+    compiled = policy_outputs(net, make_env("arena", num_envs=2, seed=0), steps=3)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, atol=1e-5, rtol=1e-5)
+
+
+def test_tensor_slice_key_still_works():
+    env = make_env("arena", num_envs=2, seed=0)
+    net = make_policy("example", env)
+    td = env.reset()
+    td["training_env_id_start"] = torch.zeros(env.num_agents, dtype=torch.long)  # as Metta passes it
+    with torch.no_grad():
+        out = net(td)
+    assert isinstance(out, TensorDict) and 0 in net.get_memory()
