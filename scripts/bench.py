@@ -180,7 +180,7 @@ def main(args: Args) -> None:
     with tempfile.TemporaryDirectory() as logs:
         for n in sizes:
             env_sps = env_rate(args.env, n, device, args.repeats) if "env" in args.what else None
-            for name in args.policies:
+            for name in args.policies if set(args.what) - {"env"} or args.profile or args.sync_check else ["-"]:
                 row = {"policy": name, "maps": n, "env": env_sps}
                 needs_trainer = args.profile or args.sync_check or set(args.what) - {"env"}
                 trainer = Trainer(base.replace(policy=name, num_envs=n, log_dir=logs)) if needs_trainer else None
