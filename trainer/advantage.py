@@ -20,12 +20,13 @@ import torch
 def compute_advantages(values: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor, truncateds: torch.Tensor,
                        ratio: torch.Tensor, gamma: float, gae_lambda: float, rho_clip: float, c_clip: float) -> torch.Tensor:
     """All arguments `[segments, bptt]`; returns the advantages, same shape."""
-    advantages = torch.zeros_like(values)
-    rho, c = ratio.clamp(max=rho_clip), ratio.clamp(max=c_clip)
-    terminal, truncated = dones.float(), truncateds.float()
-    for t in range(values.shape[1] - 2, -1, -1):
-        next_value = torch.where(truncateds[:, t + 1], values[:, t], values[:, t + 1]) * (1 - terminal[:, t + 1])
-        delta = rho[:, t] * (rewards[:, t + 1] + gamma * next_value - values[:, t])
-        carry = gamma * gae_lambda * c[:, t] * (1 - terminal[:, t + 1]) * (1 - truncated[:, t + 1])
-        advantages[:, t] = delta + carry * advantages[:, t + 1]
-    return advantages
+    rho, c = ratio[:, :-1].clamp(max=rho_clip), ratio[:, :-1].clamp(max=c_clip)
+    not_terminal, not_truncated = 1 - dones[:, 1:].float(), 1 - truncateds[:, 1:].float()
+    next_value = torch.where(truncateds[:, 1:], values[:, :-1], values[:, 1:]) * not_terminal
+    # every delta and carry at once; only the recursion itself walks back in time, one op per step
+    delta = (rho * (rewards[:, 1:] + gamma * next_value - values[:, :-1])).T.contiguous()
+    carry = (gamma * gae_lambda * c * not_terminal * not_truncated).T.contiguous()
+    advantages = torch.zeros(values.shape[1], values.shape[0], dtype=values.dtype, device=values.device)
+    for t in range(values.shape[1] - 2, -1, -1):  # time-major rows: each step reads and writes contiguous memory
+        torch.addcmul(delta[t], carry[t], advantages[t + 1], out=advantages[t])
+    return advantages.T
