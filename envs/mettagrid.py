@@ -87,6 +87,19 @@ def build_task(cfg: MettaGridConfig):
     return game
 
 
+def task_spec(game) -> EnvSpec:
+    """The EnvSpec of a built task: the package's own features (ids, names, normalisations) and action list."""
+    interface = PolicyEnvInterface.from_mg_cfg(game)
+    features = {f.id: f for f in interface.obs_features}
+    obs = game.game.obs
+    return EnvSpec(
+        feature_names=tuple(features[i].name if i in features else f"unused_{i}" for i in range(max(features) + 1)),
+        feature_normalizations=tuple(float(features[i].normalization) if i in features else 1.0
+                                     for i in range(max(features) + 1)),
+        action_names=tuple(interface.action_names), action_max_args=(0,) * len(interface.action_names),
+        obs_width=obs.width, obs_height=obs.height, num_tokens=obs.num_tokens, global_location=0xFE)
+
+
 def make_mettagrid_env(task: str, **overrides) -> MettaGridEnv:
     """MettaGrid task `task` ("arena" or "nav") with MettaGridConfig `overrides`."""
     unknown = unknown_options(MettaGridConfig, overrides)
@@ -110,14 +123,7 @@ class MettaGridEnv:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.game = build_task(cfg)
-        interface = PolicyEnvInterface.from_mg_cfg(self.game)
-        features = {f.id: f for f in interface.obs_features}
-        self.spec = EnvSpec(
-            feature_names=tuple(features[i].name if i in features else f"unused_{i}" for i in range(max(features) + 1)),
-            feature_normalizations=tuple(float(features[i].normalization) if i in features else 1.0
-                                         for i in range(max(features) + 1)),
-            action_names=tuple(interface.action_names), action_max_args=(0,) * len(interface.action_names),
-            obs_width=cfg.obs_window, obs_height=cfg.obs_window, num_tokens=cfg.obs_tokens, global_location=0xFE)
+        self.spec = task_spec(self.game)
         self.agents_per_env = A = self.game.game.num_agents
         self.num_envs = E = cfg.num_envs
         self.num_agents = N = E * A

@@ -55,11 +55,14 @@ class TokensToBox(nn.Module):
         F, H, W = self.shape
         row, col, feature, value, real = self.fields(obs)
         inside = real & (row < H) & (col < W)
-        spare = F * H * W  # skipped tokens land in one spare cell, dropped below
-        index = torch.where(inside, (row * W + col) * F + feature, spare)
-        box = torch.zeros(obs.shape[0], spare + 1, device=obs.device)
-        box.scatter_(1, index, value)
-        return box[:, :spare].view(-1, H, W, F).permute(0, 3, 1, 2)
+        # one flat buffer with a spare last cell where skipped tokens land, so that the boxes before it are
+        # exactly channels-last contiguous (a spare cell per row would make the convolution copy the box)
+        N, size = obs.shape[0], F * H * W
+        row_start = torch.arange(0, N * size, size, device=obs.device)[:, None]
+        index = torch.where(inside, row_start + (row * W + col) * F + feature, N * size)
+        box = torch.zeros(N * size + 1, device=obs.device)
+        box.scatter_(0, index.flatten(), value.flatten())
+        return box[:-1].view(N, H, W, F).permute(0, 3, 1, 2)
 
 
 class TokenFeatures(nn.Module):

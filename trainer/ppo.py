@@ -27,6 +27,7 @@ from policies import make_policy
 from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
+from trainer.host_memory import keep_freed_memory
 
 
 class Trainer:
@@ -36,6 +37,7 @@ class Trainer:
             cfg = TrainConfig.from_dict(saved["config"]).replace(resume=cfg.resume)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
+        keep_freed_memory()  # no page faults on the buffers every step reallocates (trainer/host_memory.py)
         self.cfg = cfg
         self.device = cfg.resolved_device
         torch.manual_seed(cfg.seed)  # the policy's initial weights and its action sampling

@@ -11,7 +11,6 @@ Prints progress lines, then ONE final JSON line (sps = median agent steps/s over
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,6 +32,7 @@ from torchrl.modules import LSTMModule, ProbabilisticActor, ValueOperator, set_r
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
+from benchmarks.peer_options import peer_parser  # noqa: E402
 from envs import make_env  # noqa: E402
 from policies.actions import ActionTable  # noqa: E402
 from policies.base import metta_heads  # noqa: E402
@@ -75,17 +75,7 @@ def build(env, device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--num-envs", type=int, default=64, help="arena maps (6 agents each)")
-    ap.add_argument("--bptt", type=int, default=64, help="steps per segment (rollout length and training unroll)")
-    ap.add_argument("--minibatch-size", type=int, default=1024, help="agent steps per minibatch (x bptt segments)")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--updates", type=int, default=5, help="timed updates")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed updates first")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap = peer_parser(__doc__, 64, "arena maps (6 agents each)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
