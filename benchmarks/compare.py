@@ -11,7 +11,8 @@ Each side runs plain (fp32, eager), then with its own speed switches where it ha
 --compile; PuffeRL: precision=bfloat16, compile=True; TorchRL has no trainer switch), and each ratio compares
 like with like. The peers run with the glibc memory settings minippo's trainer sets in-process
 (trainer/host_memory.py), so the ratios measure the trainers, not the allocator. End-to-end agent steps per
-second, median over the timed updates.
+second: each run's median over its timed updates, then the median over rounds, taken in turns (on a shared
+machine one run differs from the next by 10-30%).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,20 +52,33 @@ def minippo_sps(env: str, maps: int, args, fast: bool) -> float:
         return json.load(open(out.name))["results"][0]["e2e"]
 
 
-def peer_result(name: str, maps: int, args, switches: list[str]) -> dict:
+def peer_sps(name: str, maps: int, args, switches: list[str]) -> tuple[float, str]:
     _, _, venv, script, _ = PEERS[name]
     python = os.path.join(ROOT, venv, "bin", "python")
     if not os.path.exists(python):
         raise FileNotFoundError(f"{venv} is missing: run bash benchmarks/{name}/install.sh")
     out = run([python, script, "--num-envs", str(maps), "--updates", str(args.updates), "--threads",
                str(args.threads), "--device", args.device] + switches, env=PEER_ENV)
-    return json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["sps"], result["version"]
+
+
+def comparisons(peers: list[str]) -> list[tuple[str, str, list[str] | None, bool]]:
+    """(peer, work, the peer's switches, minippo's switches on): plain against plain, switches against switches."""
+    rows = []
+    for name in peers:
+        env, maps, _, _, switches = PEERS[name]
+        rows.append((name, f"{env}, Fast, {maps} maps", [], False))
+        rows.append((name, f"{env}, Fast, {maps} maps", switches, True))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
     ap.add_argument("--updates", type=int, default=5, help="timed updates per run (after a warm-up)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of every runner, taken in turns so that the machine's drift hits all alike")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads for every run (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for every run")
     args = ap.parse_args()
@@ -73,23 +88,40 @@ def main() -> None:
     from bench import device_name
 
     print(f"{datetime.date.today()} | torch {torch.__version__} | {device_name(torch.device(args.device))} | "
-          f"{args.updates} timed updates per run")
-    print(f"{'work':<34} {'runner':<28} {'agent steps/s':>14} {'minippo / peer':>15}")
-    for name in args.peers:
-        env, maps, _, _, peer_switches = PEERS[name]
-        work = f"{env}, Fast, {maps} maps"
-        for fast in (False, True):
-            if not fast or peer_switches is not None:
+          f"{args.updates} timed updates per run, {args.rounds} rounds in turns, medians", flush=True)
+    rows = comparisons(args.peers)
+    peer_runs: dict[tuple[str, bool], list[float]] = {}
+    ours: dict[tuple[str, bool], list[float]] = {}
+    missing: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    for _ in range(args.rounds):
+        for name, work, switches, fast in rows:
+            env, maps = PEERS[name][:2]
+            if name in missing:
+                continue
+            if switches is not None:
                 try:
-                    peer = peer_result(name, maps, args, peer_switches if fast else [])
+                    sps, versions[name] = peer_sps(name, maps, args, switches)
+                    peer_runs.setdefault((name, fast), []).append(sps)
                 except (FileNotFoundError, RuntimeError) as e:
-                    print(f"{work:<34} {name:<28} {'skipped':>14}  {e}")
-                    break
-                label = f"{name} {peer.get('version', '')}" + (" " + " ".join(peer_switches) if fast else "")
-                print(f"{work:<34} {label:<28} {peer['sps']:>14,.0f}", flush=True)
-            sps = minippo_sps(env, maps, args, fast)
-            label = "minippo " + " ".join(SWITCHES) if fast else "minippo"
-            print(f"{'':<34} {label:<28} {sps:>14,.0f} {sps / peer['sps']:>14.2f}x", flush=True)
+                    missing[name] = str(e)
+                    continue
+            ours.setdefault((name, fast), []).append(minippo_sps(env, maps, args, fast))
+
+    print(f"{'work':<32} {'runner':<36} {'agent steps/s':>14} {'minippo / peer':>15}   per round")
+    for name, work, switches, fast in rows:
+        if name in missing:
+            print(f"{work:<32} {name:<36} {'skipped':>14}  {missing[name]}")
+            continue
+        peer = statistics.median(peer_runs[(name, False if switches is None else fast)])
+        if switches is not None:
+            label = " ".join([name, versions[name]] + switches)
+            runs = peer_runs[(name, fast)]
+            print(f"{work:<32} {label:<36} {peer:>14,.0f} {'':>15}   {', '.join(f'{r:,.0f}' for r in runs)}")
+        mine = ours[(name, fast)]
+        label = " ".join(["minippo"] + (SWITCHES if fast else []))
+        print(f"{'':<32} {label:<36} {statistics.median(mine):>14,.0f} {statistics.median(mine) / peer:>14.2f}x"
+              f"   {', '.join(f'{r:,.0f}' for r in mine)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
     env     env.step with random valid actions
     act     the policy's acting step on real observations (memory carried), no env
     update  Trainer.learn on a full buffer: advantages, sampling, forward, backward, optimizer
-    e2e     Trainer rollout + learn, what a training run sustains
+    e2e     Trainer rollout + learn, what a training run sustains (with each half's rate within that loop)
 Each figure is the median of `--repeats` timed runs after one warm-up.
 """
 
@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -97,6 +98,24 @@ def median_rate(fn, work: int, repeats: int, device: torch.device) -> float:
         sync(device)
         rates.append(work / (time.perf_counter() - start))
     return sorted(rates)[len(rates) // 2]
+
+
+def training_loop_rates(trainer: Trainer, repeats: int) -> dict[str, float]:
+    """e2e: rollout + learn, as a training run alternates them; also each half's rate within the loop."""
+    times = []
+    for i in range(repeats + 1):  # the first is a warm-up
+        sync(trainer.device)
+        t0 = time.perf_counter()
+        trainer.rollout()
+        sync(trainer.device)
+        t1 = time.perf_counter()
+        trainer.learn()
+        sync(trainer.device)
+        times.append((t1 - t0, time.perf_counter() - t1))
+    work, timed = trainer.batch_size, times[1:]
+    return {"e2e": work / statistics.median(r + u for r, u in timed),
+            "rollout": work / statistics.median(r for r, _ in timed),
+            "learn": work / statistics.median(u for _, u in timed)}
 
 
 def env_rate(task: str, num_envs: int, device: torch.device, repeats: int, steps: int = 64) -> float:
@@ -192,10 +211,11 @@ def main(args: Args) -> None:
                 if "update" in args.what:
                     row["update"] = median_rate(trainer.learn, trainer.batch_size, args.repeats, device)
                 if "e2e" in args.what:
-                    row["e2e"] = median_rate(lambda: (trainer.rollout(), trainer.learn()), trainer.batch_size,
-                                             args.repeats, device)
+                    row.update(training_loop_rates(trainer, args.repeats))
                 agents = row.get("agents") or make_env(args.env, num_envs=n, device=str(device)).num_agents
                 print(f"{name:<18} {n:>6} {agents:>7}" + "".join(f" {row[w]:>12,.0f}" for w in args.what))
+                if "e2e" in args.what:
+                    print(f"  e2e split: rollout {row['rollout']:,.0f} SPS, learn {row['learn']:,.0f} SPS (medians)")
                 if args.sync_check:
                     reads = check_reads(trainer)
                     per = trainer.buffer.segments // trainer.minibatch_segments * trainer.cfg.update_epochs
