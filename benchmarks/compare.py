@@ -27,6 +27,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from trainer.host_memory import THRESHOLD  # noqa: E402
 PEERS = {  # name: (env for minippo, maps, venv, script, the peer's own speed switches or None)
     "torchrl": ("arena", 64, "benchmarks/.venv-torchrl", "benchmarks/torchrl/train_fast.py", None),
     "pufferlib": ("mettagrid.arena", 16, "benchmarks/.venv-puffer", "benchmarks/pufferlib/train_fast.py",
@@ -34,7 +36,7 @@ PEERS = {  # name: (env for minippo, maps, venv, script, the peer's own speed sw
 }
 SWITCHES = ["--bf16", "--compile"]
 # what trainer/host_memory.py sets inside minippo's process, given to the peers' processes
-PEER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+PEER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(THRESHOLD)}
 
 
 def run(cmd: list[str], env: dict | None = None) -> str:
@@ -84,8 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch  # only for the header
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from bench import device_name
+    from scripts.bench import device_name
 
     print(f"{datetime.date.today()} | torch {torch.__version__} | {device_name(torch.device(args.device))} | "
           f"{args.updates} timed updates per run, {args.rounds} rounds in turns, medians", flush=True)
@@ -95,7 +96,7 @@ def main() -> None:
     missing: dict[str, str] = {}
     versions: dict[str, str] = {}
     for _ in range(args.rounds):
-        for name, work, switches, fast in rows:
+        for name, _, switches, fast in rows:
             env, maps = PEERS[name][:2]
             if name in missing:
                 continue

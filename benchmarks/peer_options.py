@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 
 def peer_parser(doc: str, maps: int, maps_help: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,3 +21,12 @@ def peer_parser(doc: str, maps: int, maps_help: str) -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--lr", type=float, default=3e-3)
     return ap
+
+
+def parse_peer_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, then set torch's CPU threads and seed as every peer run does."""
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return args

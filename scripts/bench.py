@@ -97,13 +97,13 @@ def median_rate(fn, work: int, repeats: int, device: torch.device) -> float:
         fn()
         sync(device)
         rates.append(work / (time.perf_counter() - start))
-    return sorted(rates)[len(rates) // 2]
+    return statistics.median(rates)
 
 
 def training_loop_rates(trainer: Trainer, repeats: int) -> dict[str, float]:
     """e2e: rollout + learn, as a training run alternates them; also each half's rate within the loop."""
     times = []
-    for i in range(repeats + 1):  # the first is a warm-up
+    for _ in range(repeats + 1):  # the first is a warm-up
         sync(trainer.device)
         t0 = time.perf_counter()
         trainer.rollout()

@@ -3,7 +3,7 @@
 glibc returns a large freed block to the OS (munmap, or trimming the heap's top) and the next allocation of the
 same size faults every page back in. The acting loop allocates a few MB per step (the token box, activations),
 so by default each step pays those page faults: on a 2-core EPYC, zeroing Fast's [384, 52, 11, 11] box took
-2.3 ms instead of 44 us, and acting ran at 24k instead of 35k agent steps/s. Raising both thresholds to 1 GiB
+2.3 ms instead of ~0.3 ms, and acting ran at 24k instead of 35k agent steps/s. Raising both thresholds to 1 GiB
 keeps such blocks for reuse; the peak footprint is the same, only its release is delayed. PyTorch's CUDA
 allocator caches device memory for the same reason; this is the host-side counterpart (the environment
 variables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ do the same for any program).

@@ -30,7 +30,7 @@ from mettagrid.simulator import Simulator  # noqa: E402
 from pufferlib import pufferl, vector  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.peer_options import peer_parser  # noqa: E402
+from benchmarks.peer_options import parse_peer_args, peer_parser  # noqa: E402
 from envs.mettagrid import MettaGridConfig, build_task, task_spec  # noqa: E402
 from policies.base import metta_heads  # noqa: E402
 from policies.fast import FastEncoder  # noqa: E402
@@ -97,10 +97,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="PuffeRL's compile=True (torch.compile of the training forward)")
     ap.add_argument("--dashboard", action="store_true", help="show PuffeRL's terminal dashboard (hidden by default; "
                     "it is still drawn, so its cost stays in the timing)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    args = parse_peer_args(ap)
 
     task = MettaGridConfig(task="arena", num_envs=args.num_envs, seed=args.seed)
     game = build_task(task)
@@ -150,7 +147,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "sps": round(statistics.median(rates)),
         "rollout_sps": round(statistics.median(eval_rates)), "update_sps": round(statistics.median(train_rates)),
         "sps_per_update": [round(r) for r in rates], "params": params, "agents": N, "batch": N * args.bptt,
-        "minibatch": args.minibatch_size, "epochs": args.epochs, "bf16": args.bf16, "compile": args.compile, "updates": args.updates, "warmup": args.warmup,
+        "minibatch": args.minibatch_size, "epochs": args.epochs, "bf16": args.bf16, "compile": args.compile,
+        "updates": args.updates, "warmup": args.warmup,
     }), flush=True)
 
 

@@ -32,7 +32,7 @@ from torchrl.modules import LSTMModule, ProbabilisticActor, ValueOperator, set_r
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
-from benchmarks.peer_options import peer_parser  # noqa: E402
+from benchmarks.peer_options import parse_peer_args, peer_parser  # noqa: E402
 from envs import make_env  # noqa: E402
 from policies.actions import ActionTable  # noqa: E402
 from policies.base import metta_heads  # noqa: E402
@@ -76,12 +76,8 @@ def build(env, device):
 
 def main() -> None:
     ap = peer_parser(__doc__, 64, "arena maps (6 agents each)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    torch.manual_seed(args.seed)
+    args = parse_peer_args(ap)
+    device = torch.device(args.device)
 
     env = make_env("arena", num_envs=args.num_envs, seed=args.seed, device=str(device))
     N, T = env.num_agents, args.bptt
