@@ -1,0 +1,90 @@
+"""Every fault still does exactly what it did when it was recorded: the metrics of a short fixed-seed run per fault.
+
+tests/data/fault_record.json holds, for the correct trainer, each fault of the catalogue, the prefix preset and the
+known crash, the metrics of 2 updates on a small nav run and a checksum of the final weights. It was written before
+the faults moved out of the correct code (commit f90983d), so a move that changed what a fault does fails here.
+On the machine and torch that wrote it the numbers must match bit for bit; elsewhere (other CPUs pick other
+kernels) to 1e-4.
+
+    python tests/test_fault_record.py --write   # record again (only when a fault is meant to change)
+"""
+
+import json
+import math
+import os
+import platform
+import sys
+
+import pytest
+import torch
+
+from trainer import Trainer, TrainConfig
+from trainer.faults import FAULTS, PRESETS
+
+RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fault_record.json")
+CASES = ["", *FAULTS, *PRESETS, "no_detach,no_memory_reset"]
+# clip_range above 0 so that no_clip_weights changes something; episodes of 10 steps end inside 16-step segments
+CONFIG = dict(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 2, update_epochs=2,
+              clip_range=1.0, env_overrides={"max_steps": 10}, log_dir="/tmp/minippo-tests", checkpoint_interval=1000)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def run_case(faults: str) -> dict:
+    """2 updates with these faults: each update's metrics (timing left out) and the weights' sum, or the error."""
+    trainer = Trainer(TrainConfig(**CONFIG, faults=faults, run_name=f"record_{faults or 'fixed'}"))
+    try:
+        history = trainer.train(quiet=True)
+    except RuntimeError as e:
+        return {"error": str(e).splitlines()[0]}
+    with torch.no_grad():
+        weights = sum(p.double().sum() for p in trainer.policy.parameters()).item()
+    return {"metrics": [{k: v for k, v in m.items() if k != "SPS"} for m in history], "weights_sum": weights}
+
+
+def flat(record: dict) -> list[float]:
+    if "error" in record:
+        return []
+    return [m[k] for m in record["metrics"] for k in sorted(m)] + [record["weights_sum"]]
+
+
+@pytest.fixture(scope="module")
+def stored():
+    with open(RECORD) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("faults", CASES)
+def test_fault_does_what_it_did_when_recorded(stored, faults):
+    want, got = stored["cases"][faults or "fixed"], run_case(faults)
+    if "error" in want:
+        assert got == want
+        return
+    assert list(map(sorted, got["metrics"])) == list(map(sorted, want["metrics"]))
+    if stored["machine"] == machine():
+        assert flat(got) == pytest.approx(flat(want), rel=0, abs=0, nan_ok=True)  # bit for bit
+    else:
+        assert flat(got) == pytest.approx(flat(want), rel=1e-4, abs=1e-6, nan_ok=True)
+
+
+def test_the_record_tells_every_fault_apart_from_the_correct_trainer(stored):
+    fixed = flat(stored["cases"]["fixed"])
+    same = [name for name, case in stored["cases"].items() if name != "fixed" and flat(case) == fixed]
+    # the kept graph is dropped at the next reset_memory(): only with no_memory_reset does it matter (and crash)
+    assert same == ["no_detach"]
+    assert all(math.isfinite(v) for v in fixed)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(__doc__)
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # as tests/conftest.py does
+    cases = {faults or "fixed": run_case(faults) for faults in CASES}
+    os.makedirs(os.path.dirname(RECORD), exist_ok=True)
+    with open(RECORD, "w") as f:
+        json.dump({"machine": machine(), "config": CONFIG, "cases": cases}, f, indent=1)
+    print(f"wrote {RECORD} ({len(cases)} cases) on {machine()}")
