@@ -7,7 +7,7 @@ incoming observation starts a new episode (`dones | truncateds` arrived with it)
 Acting runs one step per call. Training unrolls `[B, T]` segments from the stored state (zero after the
 trainer's `reset_memory()`) and zeroes the state at every episode start inside a segment, exactly where
 acting did, so training recomputes the very log-probs the rollout recorded. The faults of
-trainer/faults.py that live here (memoryless_rollout, no_done_reset, no_detach, no_train_done_reset,
+trainer/collapse/faults.py that live here (memoryless_rollout, no_done_reset, no_detach, no_train_done_reset,
 bptt_reshape) sit next to the code they break.
 """
 

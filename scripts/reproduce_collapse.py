@@ -1,340 +1,293 @@
-"""Reproduce the collapse: the correct trainer ("fixed") beside each fault, over several seeds, same budget.
+"""Reproduce the collapse: the correct trainer ("fixed") beside each fault, over seeds, with the same budget.
 
     python scripts/reproduce_collapse.py                  # Fast on nav: fixed, each fault alone, prefix; 3 seeds
     python scripts/reproduce_collapse.py --configs fixed prefix no_detach+no_memory_reset --budget 2000000
     python scripts/reproduce_collapse.py --env memory --train-args="--lstm-init forget --num-envs 256"
+    python scripts/reproduce_collapse.py --env arena --budget 10000000 --seeds 2 \\
+        --configs fixed prefix "forget_init=--lstm-init forget"   # a named variant: train.py options of its own
 
-A configuration is `fixed`, a fault, a preset (prefix) or faults joined by `+` (trainer/faults.py lists them).
-Every run is `scripts/train.py` in its own process, seeds 0..seeds-1 for every configuration (paired
-comparisons). Writes to --out: a TensorBoard run per configuration and seed (`tensorboard --logdir <out>`),
-`curves.csv`, `summary.md` (the table below) and `collapse.png` (needs the plots extra). A run that crashes is
-reported with its error; the others go on.
+A configuration is `fixed`, a fault, a preset (prefix), faults joined by `+`, or `name=train.py options` (the
+faults of trainer/collapse/faults.py). Every run is `scripts/train.py` in its own process; every configuration
+gets seeds 0..seeds-1, so comparisons with fixed are paired by seed.
 
-The table, per configuration, from each seed's `episode/return` curve (one point per update):
-    final      mean of the last w points, w = `window` x the number of points (at least 1)
-    peak       highest mean of w consecutive points, and the step it ends at
-    collapsed  the run rose at least `min_rise` above its first w points, then lost more than half of
-               that rise by the end (final - initial < (peak - initial) / 2)
-    vs fixed   final minus fixed's final, paired by seed: mean, and its standard error
-    verdict    crashes (a seed crashed) > collapses (most seeds collapsed) > degrades (worse than fixed by more
-               than `min_rise` and 2 standard errors) > improves (the same, better) > slows (fixed's final
-               level reached 1.5x later, or not at all) > no measurable effect
+The folder --out holds the study: `study.json` (the settings every run shares), a TensorBoard run per
+configuration and seed, and `runs.csv` with a row per finished run (seconds, error, commit, machine). A run with
+its row and its TensorBoard log is finished and is skipped: run the same command again to resume an interrupted
+study, or with more --seeds or --configs to extend one. Then every finished run's curves go to `curves.csv`,
+and the analysis reads that file alone (trainer/collapse/verdict.py has the rule): `summary.md`, `returns.png`
+(each configuration against fixed) and `metrics.png` (every logged metric of every run).
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import json
 import os
+import platform
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import tyro
+from plot_curves import read_scalars
+
+from trainer.collapse.faults import FAULTS, PRESETS, parse_faults
+from trainer.collapse.figures import metrics_figure, returns_figure
+from trainer.collapse.tables import MEANS, summary_table
+from trainer.collapse.verdict import Curves, seed_numbers, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from plot_curves import read_scalars  # noqa: E402
-
-from trainer.faults import FAULTS, PRESETS, parse_faults  # noqa: E402
-
-METRICS = {"return": "episode/return", "approx_kl": "losses/approx_kl", "clipfrac": "losses/clipfrac",
-           "explained_variance": "losses/explained_variance", "entropy": "losses/entropy",
-           "ratio_deviation_first_minibatch": "losses/ratio_deviation_first_minibatch"}
+RUNS_COLUMNS = ["config", "seed", "seconds", "error", "commit", "machine", "command"]
 
 
 @dataclass
-class Args:
-    configs: list[str] = field(default_factory=lambda: ["fixed", *FAULTS, *PRESETS])
-    """Configurations to run: fixed, a fault, a preset, or faults joined by + (e.g. no_detach+no_memory_reset)."""
-    seeds: int = 3
-    """Seeds per configuration (0, 1, ...)."""
-    budget: int = 300_000
-    """Agent steps per run (the default set takes about 30 minutes on 2 CPU cores)."""
+class Study:
+    """What every run of a study shares; a folder holds one study."""
     env: str = "nav"
     """Task."""
     policy: str = "fast"
     """Policy."""
+    budget: int = 300_000
+    """Agent steps per run (the default set takes about 30 minutes on 2 CPU cores)."""
     preset: str = "cpu"
     """scripts/train.py preset for batch sizes and learning rate."""
     train_args: str = ""
     """More scripts/train.py options for every run, e.g. --train-args="--lstm-init forget --num-envs 256" (with the =)."""
+
+
+@dataclass
+class Args:
+    study: tyro.conf.OmitArgPrefixes[Study] = field(default_factory=Study)
+    configs: list[str] = field(default_factory=lambda: ["fixed", *FAULTS, *PRESETS])
+    """Configurations to run: fixed, a fault, a preset, faults joined by + (e.g. no_detach+no_memory_reset), or
+    name=train.py options (e.g. "forget_init=--lstm-init forget")."""
+    seeds: int = 3
+    """Seeds per configuration (0, 1, ...)."""
     jobs: int = 2
     """Runs at once; each gets cpu_count / jobs torch threads."""
     out: str = "runs/collapse"
-    """Output folder."""
+    """The study's folder."""
     window: float = 0.1
     """Fraction of a run's points (one per update) averaged for its initial, peak and final return."""
     min_rise: float = 0.05
     """Return a run must gain to count as having learned (and the smallest difference called an effect)."""
     analyze_only: bool = False
-    """Train nothing: summarize the runs already in --out again (e.g. with another window or min_rise)."""
+    """Train nothing: analyse the folder's curves.csv and runs.csv again (e.g. with another window or min_rise)."""
     keep_checkpoints: bool = False
     """Keep each run's final checkpoint (about 7 MB each for Fast)."""
 
 
-@dataclass
-class Run:
-    config: str
-    seed: int
-    error: str = ""
-    seconds: float = 0.0
-    curves: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.config}_seed{self.seed}"
+# --- configurations ------------------------------------------------------------------------------------------
+def config_name(config: str) -> str:
+    return config.partition("=")[0]
 
 
-def faults_of(config: str) -> str:
-    return "" if config == "fixed" else config.replace("+", ",")
+def config_args(config: str) -> list[str]:
+    """train.py options of a configuration: its own, for a named variant; else its faults."""
+    name, variant, options = config.partition("=")
+    if variant:
+        return shlex.split(options)
+    return [] if name == "fixed" else ["--faults", name.replace("+", ",")]
 
 
-def train(args: Args, run: Run, threads: int) -> Run:
-    run_dir = os.path.join(args.out, run.name)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun replaces, never appends to, a curve
+def check_configs(configs: list[str], policy: str) -> None:
+    """ValueError for an unknown fault, a fault the policy cannot have, or a name that is not a plain word."""
+    for config in configs:
+        name, variant, _ = config.partition("=")
+        if not name or not all(ch.isalnum() or ch in "_+-" for ch in name):
+            raise ValueError(f"configuration name {name!r}: use letters, digits, _, + and - (it names a folder)")
+        if not variant and name != "fixed":
+            parse_faults(name.replace("+", ","), policy)
+
+
+# --- running -------------------------------------------------------------------------------------------------
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> str:
+    model = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                     model)
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def read_runs(out: str) -> dict[tuple[str, int], dict]:
+    path = os.path.join(out, "runs.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {(row["config"], int(row["seed"])): row for row in csv.DictReader(f)}
+
+
+def finished(out: str, runs: dict, config: str, seed: int) -> bool:
+    run_dir = os.path.join(out, f"{config}_seed{seed}")
+    return (config, seed) in runs and os.path.isdir(run_dir) and any(
+        name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+
+
+def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threading.Lock) -> dict:
+    """One run of train.py, from scratch; its row goes to runs.csv when it ends (a crash is a finished run too)."""
+    study, name = args.study, config_name(config)
+    run_dir = os.path.join(args.out, f"{name}_seed{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again: a curve is never appended to
     os.makedirs(run_dir)
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--preset", args.preset,
-           "--policy", args.policy, "--env", args.env, "--total-steps", str(args.budget), "--seed", str(run.seed),
-           "--torch-threads", str(threads), "--log-dir", args.out, "--run-name", run.name,
-           "--checkpoint-interval", str(10 ** 9), *shlex.split(args.train_args)]
-    if faults_of(run.config):
-        cmd += ["--faults", faults_of(run.config)]
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--preset", study.preset,
+           "--policy", study.policy, "--env", study.env, "--total-steps", str(study.budget), "--seed", str(seed),
+           "--torch-threads", str(threads), "--log-dir", args.out, "--run-name", f"{name}_seed{seed}",
+           "--checkpoint-interval", str(10 ** 9), *shlex.split(study.train_args), *config_args(config)]
     start = time.perf_counter()
     with open(os.path.join(run_dir, "train.log"), "w") as log:
         log.write(shlex.join(cmd) + "\n")
         log.flush()
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True)
         log.write(done.stderr)
-    run.seconds = time.perf_counter() - start
+    error = ""
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        run.error = lines[-1] if lines else f"exit code {done.returncode}"
-        with open(os.path.join(run_dir, "error.txt"), "w") as f:
-            f.write(run.error)
+        error = lines[-1] if lines else f"exit code {done.returncode}"
     if not args.keep_checkpoints and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
         os.remove(os.path.join(run_dir, "checkpoint.pt"))
-    return load(args, run)
+    row = {"config": name, "seed": seed, "seconds": f"{time.perf_counter() - start:.0f}", "error": error,
+           "commit": commit(), "machine": machine(), "command": shlex.join(cmd[1:])}
+    with ledger_lock:
+        path = os.path.join(args.out, "runs.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, RUNS_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    return row
 
 
-def load(args: Args, run: Run) -> Run:
-    """The run's curves, and its error if it crashed."""
-    run_dir = os.path.join(args.out, run.name)
-    if not os.path.isdir(run_dir):
-        run.error = f"no run in {run_dir}: run without --analyze-only first"
-        return run
-    run.curves = read_scalars(run_dir)
-    if os.path.exists(os.path.join(run_dir, "error.txt")):
-        run.error = open(os.path.join(run_dir, "error.txt")).read()
-    return run
+def run_all(args: Args) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    settings = os.path.join(args.out, "study.json")
+    if os.path.exists(settings):
+        with open(settings) as f:
+            saved = json.load(f)
+        if saved != asdict(args.study):
+            raise ValueError(f"{args.out} holds a study with other settings ({saved}); use another --out, or the "
+                             f"same --env, --policy, --budget, --preset and --train-args")
+    else:
+        with open(settings, "w") as f:
+            json.dump(asdict(args.study), f, indent=1)
+    runs = read_runs(args.out)
+    todo = [(config, seed) for seed in range(args.seeds) for config in args.configs
+            if not finished(args.out, runs, config_name(config), seed)]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    print(f"{len(todo)} runs to do ({args.seeds * len(args.configs) - len(todo)} already finished) of "
+          f"{args.study.budget:,} agent steps, {args.jobs} at a time with {threads} torch threads each; "
+          f"in {args.out}", flush=True)
+    lock = threading.Lock()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        work = [pool.submit(train, args, config, seed, threads, lock) for config, seed in todo]
+        for i, future in enumerate(as_completed(work), 1):
+            row = future.result()
+            print(f"[{i}/{len(todo)}] {row['config']}_seed{row['seed']}: "
+                  f"{'CRASHED: ' + row['error'] if row['error'] else 'done'} ({row['seconds']} s)", flush=True)
 
 
-# --- per-run and per-configuration numbers -----------------------------------------------------------
-def returns(run: Run) -> tuple[list[int], list[float]]:
-    return run.curves.get(METRICS["return"], ([], []))
-
-
-def moving_mean(values: list[float], window: int) -> list[float]:
-    return [sum(values[i - window + 1:i + 1]) / window for i in range(window - 1, len(values))]
-
-
-def run_numbers(run: Run, args: Args) -> dict | None:
-    steps, values = returns(run)
-    if not values:
-        return None
-    w = max(1, round(args.window * len(values)))
-    smooth = moving_mean(values, w)
-    initial, final = smooth[0], smooth[-1]
-    best = max(range(len(smooth)), key=smooth.__getitem__)
-    peak = smooth[best]
-    rise = peak - initial
-    return {"initial": initial, "final": final, "peak": peak, "peak_step": steps[best + w - 1],
-            "collapsed": rise >= args.min_rise and final - initial < rise / 2,
-            "steps": steps[w - 1:], "smooth": smooth}
-
-
-def mean_sd(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
-
-
-def first_reach(numbers: dict, level: float) -> int | None:
-    return next((s for s, v in zip(numbers["steps"], numbers["smooth"]) if v >= level), None)
-
-
-def summarize(args: Args, runs: list[Run]) -> list[dict]:
-    numbers = {(r.config, r.seed): run_numbers(r, args) for r in runs if not r.error}
-    fixed = {s: numbers.get(("fixed", s)) for s in range(args.seeds)}
-    fixed_final = [n["final"] for n in fixed.values() if n]
-    target = mean_sd(fixed_final)[0] if fixed_final else None
-    fixed_reach = [first_reach(n, target) for n in fixed.values() if n] if target is not None else []
-    fixed_reach = [s for s in fixed_reach if s is not None]
-    rows = []
-    for config in args.configs:
-        mine = [r for r in runs if r.config == config]
-        crashed = [r for r in mine if r.error]
-        ok = [numbers[(r.config, r.seed)] for r in mine if not r.error and numbers.get((r.config, r.seed))]
-        row = {"config": config, "seeds": len(mine), "crashed": len(crashed),
-               "errors": sorted({r.error for r in crashed}), "verdict": "no measurable effect"}
-        if ok:
-            row["final"] = mean_sd([n["final"] for n in ok])
-            row["peak"] = mean_sd([n["peak"] for n in ok])
-            row["peak_step"] = mean_sd([n["peak_step"] for n in ok])[0]
-            row["collapsed"] = sum(n["collapsed"] for n in ok)
-            for key in ("ratio_deviation_first_minibatch", "approx_kl"):
-                values = [v for r in mine if not r.error for v in r.curves.get(METRICS[key], ([], []))[1]]
-                row[key] = sum(values) / len(values) if values else float("nan")
-            diffs = [numbers[(config, s)]["final"] - fixed[s]["final"] for s in range(args.seeds)
-                     if numbers.get((config, s)) and fixed.get(s)]
-            if diffs and config != "fixed":
-                m, sd = mean_sd(diffs)
-                row["vs_fixed"] = (m, sd / math.sqrt(len(diffs)))
-            if target is not None:
-                reach = [first_reach(n, target) for n in ok]
-                row["reach"] = None if None in reach else mean_sd(reach)[0]
-        row["verdict"] = verdict(row, args, mean_sd(fixed_reach)[0] if fixed_reach else None)
-        rows.append(row)
-    return rows
-
-
-def verdict(row: dict, args: Args, fixed_reach: float | None) -> str:
-    if row["config"] == "fixed":
-        return "reference"
-    if row["crashed"]:
-        return "crashes"
-    if "final" not in row:
-        return "no data"
-    if row["collapsed"] * 2 > row["seeds"]:
-        return "collapses"
-    m, se = row.get("vs_fixed", (0.0, 0.0))
-    if abs(m) >= args.min_rise and abs(m) > 2 * se:
-        return "degrades" if m < 0 else "improves"
-    if fixed_reach is not None and (row["reach"] is None or row["reach"] > 1.5 * fixed_reach):
-        return "slows"
-    return "no measurable effect"
-
-
-# --- outputs -------------------------------------------------------------------------------------------
-def write_csv(path: str, runs: list[Run]) -> None:
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["config", "seed", "step", *METRICS])
-        for run in runs:
+# --- curves.csv: every finished run's every metric, one row per update ---------------------------------------
+def write_curves(out: str) -> None:
+    runs = read_runs(out)
+    curves = {key: read_scalars(os.path.join(out, f"{key[0]}_seed{key[1]}")) for key in runs
+              if finished(out, runs, *key)}
+    tags = sorted({tag for c in curves.values() for tag in c if tag != "charts/SPS"})
+    with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["config", "seed", "step", *tags])
+        for (config, seed), c in curves.items():
             by_step: dict[int, dict[str, float]] = {}
-            for name, tag in METRICS.items():
-                for step, value in zip(*run.curves.get(tag, ([], []))):
-                    by_step.setdefault(step, {})[name] = value
+            for tag in tags:
+                for step, value in zip(*c.get(tag, ([], []))):
+                    by_step.setdefault(step, {})[tag] = value
             for step in sorted(by_step):
-                out.writerow([run.config, run.seed, step, *(by_step[step].get(name, "") for name in METRICS)])
+                writer.writerow([config, seed, step, *(by_step[step].get(tag, "") for tag in tags)])
 
 
-def table(args: Args, rows: list[dict]) -> str:
-    def pm(pair, digits=3):
-        return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
-
-    lines = [f"{args.policy} on {args.env}, {args.seeds} seeds, {args.budget:,} agent steps per run, preset "
-             f"{args.preset}{', ' + args.train_args if args.train_args else ''}. ± is the spread (sd) over seeds; "
-             "vs fixed is the paired difference of finals ± its standard error.", "",
-             "| configuration | final return | peak return | steps to peak | collapsed | vs fixed | "
-             "first-minibatch ratio deviation | approx_kl | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        if "final" in row:
-            cells = [pm(row["final"]), pm(row["peak"]), f"{row['peak_step']:,.0f}",
-                     f"{row['collapsed']}/{row['seeds'] - row['crashed']}",
-                     pm(row["vs_fixed"]) if "vs_fixed" in row else "",
-                     f"{row['ratio_deviation_first_minibatch']:.2g}", f"{row['approx_kl']:.2g}"]
-        else:
-            cells = ["-"] * 7
-        lines.append(f"| {row['config']} | " + " | ".join(cells) + f" | {row['verdict']} |")
-    crashes = [row for row in rows if row["crashed"]]
-    for row in crashes:
-        lines.append(f"\n{row['config']}: {row['crashed']} of {row['seeds']} seeds crashed: " + "; ".join(row["errors"]))
-    return "\n".join(lines) + "\n"
+def read_curves(out: str) -> dict[tuple[str, int], Curves]:
+    curves: dict[tuple[str, int], Curves] = {}
+    with open(os.path.join(out, "curves.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            c = curves.setdefault((row["config"], int(row["seed"])), {})
+            for tag, value in row.items():
+                if tag not in ("config", "seed", "step") and value != "":
+                    steps, values = c.setdefault(tag, ([], []))
+                    steps.append(int(row["step"]))
+                    values.append(float(value))
+    return curves
 
 
-def figure(path: str, args: Args, runs: list[Run], rows: list[dict]) -> str:
+# --- the analysis: from curves.csv and runs.csv only -----------------------------------------------------------
+def analyze(args: Args) -> str:
+    with open(os.path.join(args.out, "study.json")) as f:
+        study = Study(**json.load(f))
+    runs = read_runs(args.out)
+    curves = read_curves(args.out)
+    errors = {key: row["error"] for key, row in runs.items() if row["error"]}
+    for key in errors:
+        curves.pop(key, None)
+    order = {name: i for i, name in enumerate(["fixed", *FAULTS, *PRESETS])}
+    configs = sorted(dict.fromkeys(c for c, _ in runs), key=lambda c: (order.get(c, len(order)), c))
+    rows = summarize(curves, errors, configs, args.window, args.min_rise, MEANS)
+    commits = sorted({row["commit"] for row in runs.values()})
+    machines = sorted({row["machine"] for row in runs.values()})
+    header = (f"{study.policy} on {study.env}, {study.budget:,} agent steps per run, preset {study.preset}"
+              f"{', ' + study.train_args if study.train_args else ''}; commit {', '.join(commits)}; "
+              f"{'; '.join(machines)}.")
+    summary = summary_table(rows, header)
+    per_seed = ["", "Per seed (final return; * collapsed):", ""]
+    for config in configs:
+        seeds = sorted(s for c, s in runs if c == config)
+        cells = []
+        for s in seeds:
+            n = seed_numbers(*curves.get((config, s), {}).get("episode/return", ([], [])), args.window, args.min_rise)
+            cells.append(f"{s}: crashed" if (config, s) in errors else f"{s}: {n.final:.3f}{'*' if n.collapsed else ''}"
+                         if n else f"{s}: no return")
+        per_seed.append(f"- {config}: " + ", ".join(cells))
+    summary += "\n".join(per_seed) + "\n"
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(summary)
+    title = f"{study.policy} on {study.env}"
+    messages = [summary]
     try:
-        import matplotlib
-    except ImportError:
-        return 'no figure: plotting needs matplotlib (pip install -e ".[plots]")'
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-    import numpy as np
-
-    def band(config: str):
-        curves = [returns(r) for r in runs if r.config == config and returns(r)[1]]
-        if not curves:
-            return None
-        grid = np.array(max((c[0] for c in curves), key=len), dtype=float)
-        ys = np.array([np.interp(grid, c[0], c[1], right=np.nan) for c in curves])
-        return grid, np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
-
-    others = [row for row in rows if row["config"] != "fixed"] or rows
-    cols = min(4, len(others))
-    fig, axes = plt.subplots(math.ceil(len(others) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(others) / cols)),
-                             sharex=True, sharey=True, squeeze=False)
-    bands = {row["config"]: band(row["config"]) for row in rows}
-    for ax, row in zip(axes.flat, others):
-        shown = [("fixed", "gray"), (row["config"], "tab:red")] if row["config"] != "fixed" else [("fixed", "gray")]
-        for config, color in shown:
-            if bands.get(config) is not None:
-                steps, mean, low, high = bands[config]
-                ax.plot(steps, mean, color=color, label=config)
-                ax.fill_between(steps, low, high, color=color, alpha=0.2)
-        ax.set_title(f"{row['config']}: {row['verdict']}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    for ax in axes.flat[len(others):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("agent steps")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
-    for ax in axes[:, 0]:
-        ax.set_ylabel("episode return")
-    fig.suptitle(f"{args.policy} on {args.env}: mean and min-max over {args.seeds} seeds", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return f"wrote {path}"
+        returns_figure(os.path.join(args.out, "returns.png"), f"{title}: mean and min-max over seeds", curves, rows)
+        smooth = max(1, len(next(iter(curves.values()), {}).get("episode/return", ([], []))[1]) // 50)
+        metrics_figure(os.path.join(args.out, "metrics.png"), title, curves, smooth)
+        messages.append(f"wrote {args.out}/summary.md, returns.png and metrics.png")
+    except ImportError as e:
+        messages.append(f"wrote {args.out}/summary.md; no figures: {e}")
+    return "\n".join(messages)
 
 
 def main(args: Args) -> None:
     try:
-        for config in args.configs:
-            if config != "fixed":
-                parse_faults(faults_of(config), args.policy)
+        check_configs(args.configs, args.study.policy)
+        if args.seeds < 1 or args.jobs < 1 or not 0 < args.window <= 1:
+            raise ValueError("seeds and jobs must be at least 1, window in (0, 1]")
+        if not args.analyze_only:
+            run_all(args)
+            write_curves(args.out)
+        elif not os.path.exists(os.path.join(args.out, "curves.csv")):
+            raise ValueError(f"{args.out} has no curves.csv: run the study without --analyze-only first")
     except ValueError as e:
         sys.exit(f"error: {e}")
-    if args.seeds < 1 or args.jobs < 1 or not 0 < args.window <= 1:
-        sys.exit("error: seeds and jobs must be at least 1, window in (0, 1]")
-    os.makedirs(args.out, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    todo = [Run(config, seed) for config in args.configs for seed in range(args.seeds)]
-    print(f"{len(todo)} runs of {args.budget:,} agent steps ({args.policy} on {args.env}), {args.jobs} at a time, "
-          f"{threads} torch threads each; logs in {args.out}", flush=True)
-    runs: list[Run] = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        work = (lambda r: load(args, r)) if args.analyze_only else (lambda r: train(args, r, threads))
-        for future in as_completed([pool.submit(work, r) for r in todo]):
-            run = future.result()
-            runs.append(run)
-            n = run_numbers(run, args)
-            status = f"CRASHED: {run.error}" if run.error else (f"final {n['final']:.3f}" if n else "no return logged")
-            print(f"[{len(runs)}/{len(todo)}] {run.name}: {status} ({run.seconds:.0f} s)", flush=True)
-    runs.sort(key=lambda r: (args.configs.index(r.config), r.seed))
-    rows = summarize(args, runs)
-    write_csv(os.path.join(args.out, "curves.csv"), runs)
-    summary = table(args, rows)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(summary)
-    print("\n" + summary)
-    print(figure(os.path.join(args.out, "collapse.png"), args, runs, rows))
-    print(f"wrote {os.path.join(args.out, 'curves.csv')} and {os.path.join(args.out, 'summary.md')}")
+    print(analyze(args))
 
 
 if __name__ == "__main__":

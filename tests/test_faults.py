@@ -11,7 +11,7 @@ from envs import make_env
 from policies import make_policy
 from policies.memory import LSTMMemory
 from trainer import TrainConfig, Trainer
-from trainer.faults import FAULTS, PRESETS, parse_faults
+from trainer.collapse.faults import FAULTS, PRESETS, parse_faults
 
 ARENA = make_env("arena", num_envs=1).spec
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,47 +167,3 @@ def test_no_detach_with_no_memory_reset_crashes_on_the_second_minibatch():
     trainer.rollout()
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         trainer.learn()
-
-
-# --- scripts/reproduce_collapse.py -------------------------------------------------------------------------
-def study():
-    import sys
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import reproduce_collapse
-    return reproduce_collapse
-
-
-def fake_run(study, config, seed, values):
-    steps = [1000 * (i + 1) for i in range(len(values))]
-    return study.Run(config, seed, curves={"episode/return": (steps, list(values))})
-
-
-def test_collapse_definition_and_verdicts():
-    s = study()
-    args = s.Args(configs=["fixed", "falls", "worse", "same"], seeds=3, window=0.3, min_rise=0.05)
-    rise_fall = [0.1, 0.1, 0.5, 0.5, 0.5, 0.15, 0.15]  # rose 0.4, kept 0.05 of it: collapsed
-    assert s.run_numbers(fake_run(s, "x", 0, rise_fall), args)["collapsed"]
-    dip = [0.1, 0.1, 0.5, 0.5, 0.5, 0.4, 0.4]  # kept 0.3 of 0.4: not collapsed
-    numbers = s.run_numbers(fake_run(s, "x", 0, dip), args)
-    assert not numbers["collapsed"] and numbers["peak"] == 0.5 and numbers["peak_step"] == 4000
-    runs = []
-    for seed in range(3):
-        good = [0.1, 0.1, 0.5, 0.5, 0.5 + 0.01 * seed, 0.5, 0.5]
-        runs += [fake_run(s, "fixed", seed, good), fake_run(s, "falls", seed, rise_fall),
-                 fake_run(s, "worse", seed, [v - 0.2 - 0.01 * seed for v in good]),
-                 fake_run(s, "same", seed, [v + 0.001 * seed for v in good])]
-    verdicts = {row["config"]: row["verdict"] for row in s.summarize(args, runs)}
-    assert verdicts == {"fixed": "reference", "falls": "collapses", "worse": "degrades", "same": "no measurable effect"}
-
-
-def test_reproduce_collapse_reports_a_crash_and_writes_its_outputs(tmp_path):
-    s = study()
-    args = s.Args(configs=["fixed", "no_detach+no_memory_reset"], seeds=1, budget=8 * 16 * 3, out=str(tmp_path),
-                  train_args="--num-envs 8 --bptt 16 --minibatch-size 64 --env-overrides max_steps 10")
-    s.main(args)
-    summary = (tmp_path / "summary.md").read_text()
-    assert "| fixed |" in summary and "| no_detach+no_memory_reset | - |" in summary and "crashes" in summary
-    assert "backward through the graph a second time" in summary
-    assert (tmp_path / "curves.csv").read_text().startswith("config,seed,step,return")
-    with pytest.raises(SystemExit, match="unknown fault 'typo'"):
-        s.main(s.Args(configs=["fixed", "typo"], out=str(tmp_path)))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from envs.config import unknown_options
-from trainer.faults import parse_faults
+from trainer.collapse.faults import parse_faults
 
 SAMPLING = ("prioritized", "shuffled")
 

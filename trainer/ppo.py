@@ -88,7 +88,8 @@ class Trainer:
         returns = advantage_of(ratio) + data["values"]
         beta = prio_beta(cfg.prio_beta0, cfg.prio_alpha, self.update, self.num_updates)
         per_epoch = self.buffer.segments // self.minibatch_segments
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
+        stats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "clipfrac")}
         stats["ratio_deviation_first_minibatch"] = []  # before any step: 0 exactly when training matches acting
         for _ in range(cfg.update_epochs):
             shuffled = (shuffled_minibatches(self.buffer.segments, self.minibatch_segments, self.sampler, self.device)
@@ -118,7 +119,7 @@ class Trainer:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 if "no_clip_weights" not in self.faults:  # FAULT no_clip_weights skips it
                     self.policy.clip_weights()
@@ -128,7 +129,7 @@ class Trainer:
                     if not stats["ratio_deviation_first_minibatch"]:
                         stats["ratio_deviation_first_minibatch"].append((mb_ratio - 1).abs().max())
                     for k, v in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
-                                 ("approx_kl", ((mb_ratio - 1) - log_ratio).mean()),
+                                 ("approx_kl", ((mb_ratio - 1) - log_ratio).mean()), ("grad_norm", grad_norm),
                                  ("clipfrac", ((mb_ratio - 1).abs() > cfg.clip_coef).float().mean())):
                         stats[k].append(v.detach())
         values, returns = data["values"].flatten(), returns.flatten()
@@ -137,6 +138,17 @@ class Trainer:
         self.update += 1
         means = torch.stack([torch.stack(v).float().mean() for v in stats.values()]).tolist()  # the one read back
         return {**dict(zip(stats, means)), "learning_rate": lr}
+
+    def health(self) -> dict[str, torch.Tensor]:
+        """Cheap signs of saturation or blow-up, on the device: each part's weight norm, and the LSTM cell's mean
+        |c| over every agent and layer where the rollout left it (a saturated cell sits near its limit)."""
+        parts = {name: getattr(self.policy, name) for name in ("encoder", "memory", "critic", "actor")}
+        out = {f"weights/{name}_norm": torch.stack([p.detach().norm() for p in part.parameters()]).norm()
+               for name, part in parts.items()}
+        cells = [c for _, c in self.policy.get_memory().values()]
+        if cells:
+            out["memory/cell_abs_mean"] = torch.cat([c.abs().flatten() for c in cells]).mean()
+        return out
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast around the policy when cfg.bf16, else a no-op."""
@@ -170,7 +182,9 @@ class Trainer:
             while self.update < last and not interrupted:
                 t0 = time.perf_counter()
                 self.rollout()
+                health = self.health()
                 metrics = self.learn()
+                metrics.update(zip(health, torch.stack(list(health.values())).float().tolist()))
                 metrics["SPS"] = self.batch_size / (time.perf_counter() - t0)
                 episode = self.env.episode_stats() or episode
                 metrics.update({f"episode/{k}": v for k, v in episode.items()})
@@ -190,7 +204,7 @@ class Trainer:
         for key, value in metrics.items():
             if value is not None:
                 group = "charts" if key in ("SPS", "learning_rate") or key.startswith("episode/") else "losses"
-                writer.add_scalar(key if key.startswith("episode/") else f"{group}/{key}", value, self.global_step)
+                writer.add_scalar(key if "/" in key else f"{group}/{key}", value, self.global_step)
         if quiet:
             return
         elapsed = time.perf_counter() - start_time
