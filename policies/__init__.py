@@ -21,7 +21,7 @@ POLICIES = {
 
 def make_policy(name: str, env, **config) -> RecurrentPolicy:
     """Build policy `name` for `env` (an env with a `.spec`, or an EnvSpec); `config` goes to its constructor
-    (clip_range, lstm_init, faults)."""
+    (clip_range, lstm_init)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     spec = env if isinstance(env, EnvSpec) else env.spec

@@ -12,17 +12,14 @@ class ActionTable(nn.Module):
     """index = type + cum[type] + arg, with cum[type] = sum of the max args of the types before it;
     `pairs[index]` goes back. Built from the env's declared action types and max args."""
 
-    def __init__(self, spec: EnvSpec, faults: frozenset[str] = frozenset()):
+    def __init__(self, spec: EnvSpec):
         super().__init__()
         self.register_buffer("pairs", spec.action_pairs(), persistent=False)
         self.register_buffer("cum", spec.action_cum(), persistent=False)
         self.num_actions = len(self.pairs)
-        self.faults = faults
 
     def to_index(self, actions: torch.Tensor) -> torch.Tensor:
         actions = actions.long()
-        if "wrong_action_index" in self.faults:  # FAULT: forgets the type's own offset
-            return self.cum[actions[..., 0]] + actions[..., 1]
         return actions[..., 0] + self.cum[actions[..., 0]] + actions[..., 1]
 
     def to_pairs(self, index: torch.Tensor) -> torch.Tensor:
@@ -51,18 +48,3 @@ class BilinearActionHead(nn.Module):
         query = torch.tanh(h @ self.W)
         return query @ self.embeddings.weight[:self.num_actions].T + self.bias
 
-
-class TypeArgHeads(nn.Module):
-    """FAULT sixteen_logits: one logit per action type and one per argument, concatenated (7 + 9 = 16 for the
-    arena) and read by the caller as ONE softmax over indices into the pair table, so the pairs past index 15
-    can never be chosen. The correct head scores every (type, arg) pair: BilinearActionHead."""
-
-    def __init__(self, hidden: int, spec: EnvSpec):
-        super().__init__()
-        if len(spec.action_names) + max(spec.action_max_args) + 1 > spec.num_action_pairs:
-            raise ValueError("sixteen_logits needs at least as many (type, arg) pairs as type + arg logits")
-        self.types = nn.Linear(hidden, len(spec.action_names))
-        self.args = nn.Linear(hidden, max(spec.action_max_args) + 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.types(h), self.args(h)], -1)

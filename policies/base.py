@@ -17,7 +17,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from envs.spec import EnvSpec
-from policies.actions import ActionTable, BilinearActionHead, TypeArgHeads
+from policies.actions import ActionTable, BilinearActionHead
 from policies.memory import LSTMMemory
 from policies.tokens import check_tokens
 
@@ -31,23 +31,17 @@ def init_layer(layer: nn.Module, gain: float = 1.0) -> nn.Module:
 
 class RecurrentPolicy(nn.Module):
     def __init__(self, spec: EnvSpec, encoder: nn.Module, memory: LSTMMemory, critic: nn.Module, actor: nn.Module,
-                 clip_range: float = 0.0, faults: frozenset[str] = frozenset()):
+                 clip_range: float = 0.0):
         super().__init__()
         self.spec = spec
         self.encoder, self.memory, self.critic, self.actor = encoder, memory, critic, actor
-        self.actions = ActionTable(spec, faults)
+        self.actions = ActionTable(spec)
         self.clip_range = clip_range
-        self.faults = faults
-        # clip_weights bounds each Linear/Conv weight by the largest |w| it was initialised with
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.register_buffer("initial_weight_bound", m.weight.detach().abs().max().clone())
+        record_weight_bounds(self)
 
     def forward(self, td: TensorDict) -> TensorDict:
         obs = td["env_obs"]
         check_tokens(obs, self.spec)
-        if "obs_zero_255_inplace" in self.faults:  # FAULT: padding becomes real tokens, in the stored copy too
-            obs[obs == 255] = 0
         starts = td["dones"].bool() | td["truncateds"].bool()  # this observation begins a new episode
         key = _slice_key(td)
         if td.batch_dims == 1:  # acting: one step per agent
@@ -103,6 +97,13 @@ class RecurrentPolicy(nn.Module):
         self.memory.set_memory(state)
 
 
+def record_weight_bounds(module: nn.Module) -> None:
+    """clip_weights bounds each Linear/Conv weight by the largest |w| it was initialised with: remember it."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.register_buffer("initial_weight_bound", m.weight.detach().abs().max().clone())
+
+
 def _slice_key(td: TensorDict) -> int:
     """The env slice's first agent index (0 when the batch does not say). A plain int (`td.set_non_tensor`)
     is read as is; a tensor, as Metta passes it, costs a read back from the device."""
@@ -112,12 +113,9 @@ def _slice_key(td: TensorDict) -> int:
     return int(key.flatten()[0]) if isinstance(key, torch.Tensor) else int(key)
 
 
-def metta_heads(spec: EnvSpec, hidden: int = 128, faults: frozenset[str] = frozenset()) -> tuple[nn.Module, nn.Module]:
+def metta_heads(spec: EnvSpec, hidden: int = 128) -> tuple[nn.Module, nn.Module]:
     """Fast's critic (1024 tanh -> 1) and actor (512 ReLU -> bilinear over all action pairs)."""
     critic = nn.Sequential(init_layer(nn.Linear(hidden, 1024), gain=2 ** 0.5), nn.Tanh(), init_layer(nn.Linear(1024, 1)))
-    if "sixteen_logits" in faults:  # FAULT: independent type and arg heads; three pairs unreachable
-        head = TypeArgHeads(512, spec)
-    else:
-        head = BilinearActionHead(512, spec.num_action_pairs)
+    head = BilinearActionHead(512, spec.num_action_pairs)  # drawn before the layer under it, as Fast always has
     actor = nn.Sequential(init_layer(nn.Linear(hidden, 512)), nn.ReLU(), head)
     return critic, actor

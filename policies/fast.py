@@ -16,23 +16,22 @@ from policies.tokens import TokensToBox
 
 
 class FastEncoder(nn.Module):
-    def __init__(self, spec: EnvSpec, hidden: int = 128, faults: frozenset[str] = frozenset()):
+    def __init__(self, spec: EnvSpec, hidden: int = 128):
         super().__init__()
         self.box = TokensToBox(spec)
-        act = nn.Identity if "no_relu" in faults else nn.ReLU  # FAULT no_relu: the stack is one linear map
         self.cnn = nn.Sequential(
-            init_layer(nn.Conv2d(spec.num_features, 64, 5, stride=3)), act(),
-            init_layer(nn.Conv2d(64, 64, 3, stride=1)), act(), nn.Flatten())
+            init_layer(nn.Conv2d(spec.num_features, 64, 5, stride=3)), nn.ReLU(),
+            init_layer(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(), nn.Flatten())
         with torch.no_grad():  # the flattened size depends on the window
             flat = self.cnn(torch.zeros(1, spec.num_features, spec.obs_height, spec.obs_width)).shape[1]
-        self.fc = nn.Sequential(init_layer(nn.Linear(flat, hidden)), act(), init_layer(nn.Linear(hidden, hidden)), act())
+        self.fc = nn.Sequential(init_layer(nn.Linear(flat, hidden)), nn.ReLU(), init_layer(nn.Linear(hidden, hidden)), nn.ReLU())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.fc(self.cnn(self.box(obs)))
 
 
 class Fast(RecurrentPolicy):
-    def __init__(self, spec: EnvSpec, clip_range: float = 0.0, lstm_init: str = "metta", faults: frozenset[str] = frozenset()):
-        critic, actor = metta_heads(spec, faults=faults)
-        memory = LSTMMemory(128, 128, 2, lstm_init, faults)
-        super().__init__(spec, FastEncoder(spec, faults=faults), memory, critic, actor, clip_range, faults)
+    def __init__(self, spec: EnvSpec, clip_range: float = 0.0, lstm_init: str = "metta"):
+        critic, actor = metta_heads(spec)
+        memory = LSTMMemory(128, 128, 2, lstm_init)
+        super().__init__(spec, FastEncoder(spec), memory, critic, actor, clip_range)

@@ -75,10 +75,9 @@ class LatentAttnEncoder(nn.Module):
 
 
 class LatentAttn(RecurrentPolicy):
-    def __init__(self, spec: EnvSpec, size: str = "tiny", clip_range: float = 0.0, lstm_init: str = "metta",
-                 faults: frozenset[str] = frozenset()):
+    def __init__(self, spec: EnvSpec, size: str = "tiny", clip_range: float = 0.0, lstm_init: str = "metta"):
         if size not in SIZES:
             raise ValueError(f"unknown LatentAttn size {size!r}; choose one of {sorted(SIZES)}")
-        critic, actor = metta_heads(spec, faults=faults)
+        critic, actor = metta_heads(spec)
         encoder = LatentAttnEncoder(spec, **SIZES[size])
-        super().__init__(spec, encoder, LSTMMemory(128, 128, 2, lstm_init, faults), critic, actor, clip_range, faults)
+        super().__init__(spec, encoder, LSTMMemory(128, 128, 2, lstm_init), critic, actor, clip_range)

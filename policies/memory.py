@@ -6,9 +6,7 @@ incoming observation starts a new episode (`dones | truncateds` arrived with it)
 
 Acting runs one step per call. Training unrolls `[B, T]` segments from the stored state (zero after the
 trainer's `reset_memory()`) and zeroes the state at every episode start inside a segment, exactly where
-acting did, so training recomputes the very log-probs the rollout recorded. The faults of
-trainer/collapse/faults.py that live here (memoryless_rollout, no_done_reset, no_detach, no_train_done_reset,
-bptt_reshape) sit next to the code they break.
+acting did, so training recomputes the very log-probs the rollout recorded.
 """
 
 from __future__ import annotations
@@ -23,12 +21,10 @@ LSTM_INITS = ("metta", "forget")
 
 
 class LSTMMemory(nn.Module):
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, lstm_init: str = "metta",
-                 faults: frozenset[str] = frozenset()):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, lstm_init: str = "metta"):
         super().__init__()
         if lstm_init not in LSTM_INITS:
             raise ValueError(f"lstm_init={lstm_init!r}: choose one of {LSTM_INITS}")
-        self.faults = faults
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers)
         for name, p in self.lstm.named_parameters():  # orthogonal weights; biases by lstm_init
@@ -61,20 +57,13 @@ class LSTMMemory(nn.Module):
         return h_c
 
     def _store(self, key: int, h: torch.Tensor, c: torch.Tensor) -> None:
-        if "no_detach" in self.faults:  # FAULT: the stored state keeps its autograd graph
-            self.state[key] = (h, c)
-        else:
-            self.state[key] = (h.detach(), c.detach())
+        self.state[key] = (h.detach(), c.detach())  # the next call's graph never reaches back into this one
 
     # --- acting: one step ---------------------------------------------------------------------------
     def step(self, x: torch.Tensor, starts: torch.Tensor, key: int) -> torch.Tensor:
         """`x [B, input]`, `starts [B]` (episode starts here) -> `[B, hidden]`; advances slice `key`'s state."""
         h, c = self._load(key, x.shape[0], x)
-        if "memoryless_rollout" in self.faults:  # FAULT: every acting step starts from zero state
-            h, c = torch.zeros_like(h), torch.zeros_like(c)
         keep = (~starts).to(x.dtype)[None, :, None]
-        if "no_done_reset" in self.faults:  # FAULT: a new episode inherits the last one's state
-            keep = torch.ones_like(keep)
         out, (h, c) = self.lstm(x[None], (h * keep, c * keep))
         self._store(key, h, c)
         return out[0]
@@ -85,19 +74,12 @@ class LSTMMemory(nn.Module):
         time steps where some row starts an episode (a single call when none does)."""
         B, T = starts.shape
         h, c = self._load(key, B, x)
-        if "bptt_reshape" in self.faults:  # FAULT: a reshape is not a transpose: rows mix agents and times
-            x = x.reshape(T, B, -1)
-        else:
-            x = x.transpose(0, 1)  # the LSTM wants time first
-        if "no_train_done_reset" in self.faults:  # FAULT (Metta's semantics): no reset inside a segment
-            out, (h, c) = self.lstm(x, (h, c))
-        else:
-            cuts = [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
-            pieces = []
-            for a, b in zip(cuts[:-1], cuts[1:]):
-                keep = (~starts[:, a]).to(x.dtype)[None, :, None]
-                piece, (h, c) = self.lstm(x[a:b], (h * keep, c * keep))
-                pieces.append(piece)
-            out = torch.cat(pieces)
+        x = x.transpose(0, 1)  # the LSTM wants time first
+        cuts = [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
+        pieces = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            keep = (~starts[:, a]).to(x.dtype)[None, :, None]  # zero the rows whose episode starts at a
+            piece, (h, c) = self.lstm(x[a:b], (h * keep, c * keep))
+            pieces.append(piece)
         self._store(key, h, c)
-        return out.reshape(B, T, -1) if "bptt_reshape" in self.faults else out.transpose(0, 1)
+        return torch.cat(pieces).transpose(0, 1)

@@ -19,6 +19,7 @@ from envs.grid import GridEnv  # noqa: E402
 from envs.render import LEGEND, render  # noqa: E402
 from policies import make_policy  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
+from trainer.collapse.faults import apply_faults  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def evaluate(args: Args) -> dict[str, float]:
                    **{**cfg.env_overrides, "desync_episodes": False})  # full-length episodes only
     if args.replay and not isinstance(env, GridEnv):
         raise ValueError(f"--replay draws our gridworld's maps; {cfg.env} is not one: leave --replay out")
-    policy = make_policy(cfg.policy, env, **cfg.policy_options).to(args.device)
+    policy = apply_faults(make_policy(cfg.policy, env, **cfg.policy_options), cfg.fault_set).to(args.device)
     policy.load_state_dict(state["policy"])
     policy.reset_memory()
     td = env.reset()

@@ -71,7 +71,7 @@ class TrainConfig:
     """LSTM biases: metta (every bias 1, Metta's; saturates the cell), forget (forget gate 1, others 0), or
     empty for the policy's own (metta for fast and latent_attn_*, forget for example)."""
     faults: str = ""
-    """Comma-separated faults to switch on (trainer/faults.py), e.g. memoryless_rollout,no_relu, or the
+    """Comma-separated faults to switch on (trainer/collapse/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
     bf16: bool = False
     """Run the policy under bfloat16 autocast (AMX on recent Xeons, tensor cores on GPUs); log-probs, values,
@@ -112,7 +112,7 @@ class TrainConfig:
     @property
     def policy_options(self) -> dict:
         """Everything make_policy needs beyond the policy's name and the env."""
-        options = {"clip_range": self.clip_range, "faults": self.fault_set}
+        options = {"clip_range": self.clip_range}
         return {**options, "lstm_init": self.lstm_init} if self.lstm_init else options
 
     @property

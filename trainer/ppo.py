@@ -26,6 +26,7 @@ from experience.sampling import prio_beta, sample_segments, shuffled_minibatches
 from policies import make_policy
 from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
 from trainer.host_memory import keep_freed_memory
 
@@ -43,8 +44,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the policy's initial weights and its action sampling
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
         cfg.validate(self.env.num_agents)
-        self.faults = cfg.fault_set
-        self.policy = make_policy(cfg.policy, self.env, **cfg.policy_options).to(self.device)
+        self.policy = apply_faults(make_policy(cfg.policy, self.env, **cfg.policy_options), cfg.fault_set).to(self.device)
         if cfg.compile:
             self.policy.compile_parts()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
@@ -62,8 +62,7 @@ class Trainer:
     # --- one update ---------------------------------------------------------------------------------
     def rollout(self) -> None:
         """Act bptt steps with every agent from zero memory, storing each step in the buffer."""
-        if "no_memory_reset" not in self.faults:  # FAULT no_memory_reset skips it
-            self.policy.reset_memory()
+        self.policy.reset_memory()
         self.buffer.reset()
         td = self.next_obs
         with torch.no_grad():
@@ -100,8 +99,7 @@ class Trainer:
                     index, weights = sample_segments(advantages, self.minibatch_segments, cfg.prio_alpha, beta, self.sampler)
                 else:
                     index, weights = shuffled[m], torch.ones(self.minibatch_segments, device=self.device)
-                if "no_memory_reset" not in self.faults:  # FAULT no_memory_reset skips it
-                    self.policy.reset_memory()
+                self.policy.reset_memory()
                 minibatch = data[index]
                 with self.autocast():
                     out = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
@@ -121,8 +119,7 @@ class Trainer:
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                if "no_clip_weights" not in self.faults:  # FAULT no_clip_weights skips it
-                    self.policy.clip_weights()
+                self.policy.clip_weights()
 
                 with torch.no_grad():  # statistics stay on the device until the update ends
                     ratio[index] = mb_ratio.detach()

@@ -1,82 +1,201 @@
-"""The fault catalogue: every defect blamed for the collapse of Metta's recurrent PyTorch port, as a switch.
+"""The fault catalogue: every defect blamed for the collapse of Metta's recurrent PyTorch port, as an override.
 
-Each fault is implemented at the one place it breaks, next to the correct code, behind `if "<name>" in faults`
-(search for its name to find it). All are off by default; `scripts/train.py --faults a,b` turns them on and
-`scripts/reproduce_collapse.py` measures them side by side. The history is in the reference
-(`metta-2025.md` section 1): the port collapsed with the "history" faults and was fixed on 2025-08-15
-(commits 4922856a70, 4ae59d4a4e, 4a4041e3b1, a581b6d0a3); the audits written while chasing it blamed the
-"audit" ones. docs/collapse.md has what each one measurably does.
+The correct code names none of them. Each fault is a function that takes a built policy and overrides the one
+correct piece it breaks (a method of the memory, of the action table or of the policy, the actor's head, the
+encoder's activations, a hook on the observation): `apply_faults(make_policy(...), "a,b")`, which the trainer
+does once when `--faults a,b` is given. `scripts/reproduce_collapse.py` measures them side by side. The history
+is in the reference (`metta-2025.md` section 1): the port collapsed with the "history" faults and was fixed on
+2025-08-15 (commits 4922856a70, 4ae59d4a4e, 4a4041e3b1, a581b6d0a3); the audits written while chasing it blamed
+the "audit" ones. docs/collapse.md has what each one measurably does.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
+from torch import nn
 
+from envs.spec import EnvSpec
+from policies.actions import BilinearActionHead
+from policies.base import RecurrentPolicy, record_weight_bounds
+
+
+# --- history: what the collapsing port really had -------------------------------------------------------------
+def memoryless_rollout(policy: RecurrentPolicy) -> None:
+    """The collapsing port stored no LSTM state between acting steps: every rollout step ran the LSTM from zero
+    state, so the agent acted without memory, while training unrolled 64-step segments with memory. The
+    rollout's log-probs then come from a different policy than the one trained: the importance ratio is not 1
+    even before the first update, and the clipped objective mostly trains on noise."""
+    memory, step = policy.memory, policy.memory.step
+
+    def step_from_zero_state(x, starts, key):
+        memory.state.pop(key, None)  # no stored state: the step starts from zeros
+        return step(x, starts, key)
+
+    memory.step = step_from_zero_state
+
+
+def wrong_action_index(policy: RecurrentPolicy) -> None:
+    """Training scored the stored action (type, arg) at logit cum[type] + arg instead of type + cum[type] + arg.
+    For the 19 arena pairs, 10 (every pair after the first type with no argument) were scored at the log-prob of
+    a different action, so the gradient pushed up actions the agent never took. Acting was correct, which hides
+    it: returns still rise for a while."""
+    table = policy.actions
+
+    def index_without_type_offset(actions):
+        actions = actions.long()
+        return table.cum[actions[..., 0]] + actions[..., 1]
+
+    table.to_index = index_without_type_offset
+
+
+class TypeArgHeads(nn.Module):
+    """The port's actor head: one logit per action type and one per argument, concatenated (7 + 9 = 16 for the
+    arena) and read by the policy as ONE softmax over indices into the pair table."""
+
+    def __init__(self, hidden: int, spec: EnvSpec):
+        super().__init__()
+        if len(spec.action_names) + max(spec.action_max_args) + 1 > spec.num_action_pairs:
+            raise ValueError("sixteen_logits needs at least as many (type, arg) pairs as type + arg logits")
+        self.types = nn.Linear(hidden, len(spec.action_names))
+        self.args = nn.Linear(hidden, max(spec.action_max_args) + 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.types(h), self.args(h)], -1)
+
+
+def sixteen_logits(policy: RecurrentPolicy) -> None:
+    """The port's actor had two independent heads, one logit per action type (7) and one per argument (9),
+    concatenated and put through ONE softmax over 16 entries, read as indices into the 19-pair table. The last
+    three pairs (rotate left, rotate right, swap) could never be chosen: an agent can face only up or down, so it
+    moves only vertically. Here Metta's bilinear head is swapped for the port's after the policy is built."""
+    head = policy.actor[-1] if isinstance(policy.actor, nn.Sequential) else None
+    if not isinstance(head, BilinearActionHead):
+        raise ValueError("sixteen_logits replaces Metta's bilinear action head, which this policy does not have")
+    policy.actor[-1] = TypeArgHeads(head.W.shape[0], policy.spec)
+    record_weight_bounds(policy.actor[-1])  # clip_weights bounds the new layers by their initial weights too
+
+
+def no_relu(policy: RecurrentPolicy) -> None:
+    """The port's conv/fc stack had no nonlinearities: two convolutions and two linear layers collapsed into one
+    linear map of the observation box before the LSTM."""
+    relus = [(parent, name) for parent in policy.encoder.modules()
+             for name, child in parent.named_children() if isinstance(child, nn.ReLU)]
+    if not relus:
+        raise ValueError("no_relu removes the encoder's ReLUs, and this policy's encoder has none")
+    for parent, name in relus:
+        setattr(parent, name, nn.Identity())
+
+
+def obs_zero_255_inplace(policy: RecurrentPolicy) -> None:
+    """The port ran `obs[obs == 255] = 0` on the observation tensor in place. Padding tokens [255, 255, 255] become
+    [0, 0, 0]: real-looking type_id tokens at window cell (0, 0), which may overwrite a real one there, and which
+    attention policies can no longer mask. Because it is in place, the stored experience is rewritten too. (The
+    port also hard-coded 22 input channels for the env's 25; not reproduced here: our encoders read the count
+    from the env.)"""
+
+    def zero_padding_in_place(module, args):
+        obs = args[0]["env_obs"]
+        obs[obs == 255] = 0
+
+    policy.register_forward_pre_hook(zero_padding_in_place)
+
+
+# --- audits: what the audits blamed ----------------------------------------------------------------------------
+def no_detach(policy: RecurrentPolicy) -> None:
+    """The audits' main claim: stored LSTM state kept its autograd graph, "accumulating gradients across
+    episodes". The collapsing version stored no state at all (see memoryless_rollout), so it cannot have mattered
+    there. Here the state is stored with its graph; acting runs without grad and the trainer resets memory before
+    every minibatch, so the graph is dropped unless no_memory_reset keeps it."""
+    memory = policy.memory
+
+    def store_with_graph(key, h, c):
+        memory.state[key] = (h, c)
+
+    memory._store = store_with_graph
+
+
+def no_done_reset(policy: RecurrentPolicy) -> None:
+    """Acting never zeroes an agent's state when its episode ends: the next episode starts with the last one's
+    memory. Training still resets at episode starts, so acting and training disagree after the first episode end
+    in a segment."""
+    step = policy.memory.step
+    policy.memory.step = lambda x, starts, key: step(x, torch.zeros_like(starts), key)
+
+
+def no_train_done_reset(policy: RecurrentPolicy) -> None:
+    """Training ignores episode starts inside a segment and carries the state across them. This is Metta's and
+    PufferLib 3.0's own semantics, in both the collapsing and the fixed versions; acting did reset, so the
+    recomputed log-probs differ from the rollout's after the first episode end in a segment."""
+    unroll = policy.memory.unroll
+    policy.memory.unroll = lambda x, starts, key: unroll(x, torch.zeros_like(starts), key)
+
+
+def no_memory_reset(policy: RecurrentPolicy) -> None:
+    """The trainer's reset_memory() does nothing: each minibatch starts from the state the previous minibatch
+    ended with (other agents' segments, other times), and a rollout starts from whatever state of its batch size
+    is stored. With no_detach, the second minibatch backpropagates into the first one's freed graph, and training
+    crashes."""
+    policy.reset_memory = lambda: None
+
+
+def bptt_reshape(policy: RecurrentPolicy) -> None:
+    """The audits blamed missing td["bptt"] / td["batch"] fields for wrong reshapes of the training unroll. The
+    port derived both from the observation's shape, so it did not have this bug; here is what the bug would be:
+    the [B, T] segments are reshaped to the LSTM's [T, B] instead of transposed, so the LSTM reads steps of
+    different agents and times as one sequence."""
+    unroll = policy.memory.unroll
+
+    def unroll_reshaped(x, starts, key):
+        B, T = starts.shape
+        # the correct unroll transposes its input to [T, B]: hand it what makes that transpose x.reshape(T, B)
+        out = unroll(x.reshape(T, B, -1).transpose(0, 1), starts, key)
+        return out.transpose(0, 1).reshape(B, T, -1)  # and read its [T, B] output back as [B, T] the same way
+
+    policy.memory.unroll = unroll_reshaped
+
+
+def no_clip_weights(policy: RecurrentPolicy) -> None:
+    """The audits said weight clipping was on in ComponentPolicy and off in the port. The history says clip_range
+    was 0 in both: off everywhere. Here clip_weights() does nothing after the optimizer step, which changes
+    nothing unless --clip-range is above 0."""
+    policy.clip_weights = lambda: None
+
+
+# --- the catalogue ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fault:
     origin: str
     """history (a real defect of the collapsing version) or audit (blamed by the audits)."""
     where: str
-    """The file and function that implement it."""
-    what: str
-    """Its origin and mechanism, for a reader."""
+    """The file and the correct code it overrides."""
+    apply: Callable[[RecurrentPolicy], None]
+    """Overrides that piece of a built policy, in place."""
     policies: tuple[str, ...] = ()
     """The policies it applies to (empty: all)."""
 
+    @property
+    def what(self) -> str:
+        """Its origin and mechanism, for a reader."""
+        return inspect.getdoc(self.apply)
 
+
+METTA_HEADS = ("fast", "latent_attn_tiny", "latent_attn_small", "latent_attn_med")
 FAULTS: dict[str, Fault] = {
-    "memoryless_rollout": Fault("history", "policies/memory.py LSTMMemory.step", """
-        The collapsing port stored no LSTM state between acting steps: every rollout step ran the LSTM from
-        zero state, so the agent acted without memory, while training unrolled 64-step segments with memory.
-        The rollout's log-probs then come from a different policy than the one trained: the importance ratio
-        is not 1 even before the first update, and the clipped objective mostly trains on noise."""),
-    "wrong_action_index": Fault("history", "policies/actions.py ActionTable.to_index", """
-        Training scored the stored action (type, arg) at logit cum[type] + arg instead of
-        type + cum[type] + arg. For the 19 arena pairs, 10 (every pair after the first type with no
-        argument) were scored at the log-prob of a different action, so the gradient pushed up actions the
-        agent never took. Acting was correct, which hides it: returns still rise for a while."""),
-    "sixteen_logits": Fault("history", "policies/base.py metta_heads, with policies/actions.py TypeArgHeads", """
-        The port's actor had two independent heads, one logit per action type (7) and one per argument (9),
-        concatenated and put through ONE softmax over 16 entries, read as indices into the 19-pair table.
-        The last three pairs (rotate left, rotate right, swap) could never be chosen: an agent can face only
-        up or down, so it moves only vertically.""", ("fast", "latent_attn_tiny", "latent_attn_small", "latent_attn_med")),
-    "no_relu": Fault("history", "policies/fast.py FastEncoder", """
-        The port's conv/fc stack had no nonlinearities: two convolutions and two linear layers collapsed
-        into one linear map of the observation box before the LSTM.""", ("fast",)),
-    "obs_zero_255_inplace": Fault("history", "policies/base.py RecurrentPolicy.forward", """
-        The port ran `obs[obs == 255] = 0` on the observation tensor in place. Padding tokens [255, 255, 255]
-        become [0, 0, 0]: real-looking type_id tokens at window cell (0, 0), which may overwrite a real one
-        there, and which attention policies can no longer mask. Because it is in place, the stored
-        experience is rewritten too. (The port also hard-coded 22 input channels for the env's 25; not
-        reproduced here: our encoders read the count from the env.)"""),
-    "no_detach": Fault("audit", "policies/memory.py LSTMMemory._store", """
-        The audits' main claim: stored LSTM state kept its autograd graph, "accumulating gradients across
-        episodes". The collapsing version stored no state at all (see memoryless_rollout), so it cannot have
-        mattered there. Here the state is stored with its graph; acting runs without grad and the trainer
-        resets memory before every minibatch, so the graph is dropped unless no_memory_reset keeps it."""),
-    "no_done_reset": Fault("audit", "policies/memory.py LSTMMemory.step", """
-        Acting never zeroes an agent's state when its episode ends: the next episode starts with the last
-        one's memory. Training still resets at episode starts, so acting and training disagree after the
-        first episode end in a segment."""),
-    "no_train_done_reset": Fault("audit", "policies/memory.py LSTMMemory.unroll", """
-        Training ignores episode starts inside a segment and carries the state across them. This is Metta's
-        and PufferLib 3.0's own semantics, in both the collapsing and the fixed versions; acting did reset,
-        so the recomputed log-probs differ from the rollout's after the first episode end in a segment."""),
-    "no_memory_reset": Fault("audit", "trainer/ppo.py Trainer.rollout and Trainer.learn", """
-        The trainer never calls reset_memory(): each minibatch starts from the state the previous minibatch
-        ended with (other agents' segments, other times), and a rollout starts from whatever state of its
-        batch size is stored. With no_detach, the second minibatch backpropagates into the first one's freed
-        graph, and training crashes."""),
-    "bptt_reshape": Fault("audit", "policies/memory.py LSTMMemory.unroll", """
-        The audits blamed missing td["bptt"] / td["batch"] fields for wrong reshapes of the training unroll.
-        The port derived both from the observation's shape, so it did not have this bug; here is what the
-        bug would be: the [B, T] segments are reshaped to the LSTM's [T, B] instead of transposed, so the
-        LSTM reads steps of different agents and times as one sequence."""),
-    "no_clip_weights": Fault("audit", "trainer/ppo.py Trainer.learn", """
-        The audits said weight clipping was on in ComponentPolicy and off in the port. The history says
-        clip_range was 0 in both: off everywhere. The trainer skips clip_weights() after the optimizer step,
-        which changes nothing unless --clip-range is above 0."""),
+    "memoryless_rollout": Fault("history", "policies/memory.py LSTMMemory.step", memoryless_rollout),
+    "wrong_action_index": Fault("history", "policies/actions.py ActionTable.to_index", wrong_action_index),
+    "sixteen_logits": Fault("history", "policies/actions.py BilinearActionHead", sixteen_logits, METTA_HEADS),
+    "no_relu": Fault("history", "policies/fast.py FastEncoder", no_relu, ("fast",)),
+    "obs_zero_255_inplace": Fault("history", "policies/base.py RecurrentPolicy.forward", obs_zero_255_inplace),
+    "no_detach": Fault("audit", "policies/memory.py LSTMMemory._store", no_detach),
+    "no_done_reset": Fault("audit", "policies/memory.py LSTMMemory.step", no_done_reset),
+    "no_train_done_reset": Fault("audit", "policies/memory.py LSTMMemory.unroll", no_train_done_reset),
+    "no_memory_reset": Fault("audit", "policies/base.py RecurrentPolicy.reset_memory", no_memory_reset),
+    "bptt_reshape": Fault("audit", "policies/memory.py LSTMMemory.unroll", bptt_reshape),
+    "no_clip_weights": Fault("audit", "policies/base.py RecurrentPolicy.clip_weights", no_clip_weights),
 }
 
 # The combination the collapsing version had (reference section 1). Its training also did not reset at episode
@@ -87,7 +206,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse_faults(text: str | tuple[str, ...] | list[str] | frozenset[str], policy: str | None = None) -> frozenset[str]:
+def parse_faults(text: str | Iterable[str], policy: str | None = None) -> frozenset[str]:
     """"a,b,prefix" (or a sequence of names) -> the set of fault names, presets expanded; raise ValueError
     naming the valid choices for an unknown name or a fault that does not apply to `policy`."""
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
@@ -104,3 +223,12 @@ def parse_faults(text: str | tuple[str, ...] | list[str] | frozenset[str], polic
         if policy is not None and allowed and policy not in allowed:
             raise ValueError(f"fault {name!r} applies to the policies {list(allowed)}, not {policy!r}")
     return frozenset(faults)
+
+
+def apply_faults(policy: RecurrentPolicy, faults: str | Iterable[str]) -> RecurrentPolicy:
+    """Switch the named faults (and presets) on in `policy`, in place and in the catalogue's order; return it."""
+    chosen = parse_faults(faults)
+    for name, fault in FAULTS.items():
+        if name in chosen:
+            fault.apply(policy)
+    return policy
