@@ -21,6 +21,7 @@ and the analysis reads that file alone (trainer/collapse/verdict.py has the rule
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import platform
@@ -70,8 +71,8 @@ class Args:
     """Seeds per configuration (0, 1, ...)."""
     jobs: int = 2
     """Runs at once; each gets cpu_count / jobs torch threads."""
-    out: str = "runs/collapse"
-    """The study's folder."""
+    out: str = ""
+    """The study's folder (default: runs/collapse_<env>)."""
     window: float = 0.1
     """Fraction of a run's points (one per update) averaged for its initial, peak and final return."""
     min_rise: float = 0.05
@@ -96,11 +97,17 @@ def config_args(config: str) -> list[str]:
 
 
 def check_configs(configs: list[str], policy: str) -> None:
-    """ValueError for an unknown fault, a fault the policy cannot have, or a name that is not a plain word."""
+    """ValueError for an unknown fault, a fault the policy cannot have, a name that is not a plain word or is
+    given twice, or a named variant that takes the name of fixed or of a fault."""
+    names = [config_name(config) for config in configs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"a configuration is named twice in {names}")
     for config in configs:
         name, variant, _ = config.partition("=")
         if not name or not all(ch.isalnum() or ch in "_+-" for ch in name):
             raise ValueError(f"configuration name {name!r}: use letters, digits, _, + and - (it names a folder)")
+        if variant and (name == "fixed" or set(name.split("+")) & {*FAULTS, *PRESETS}):
+            raise ValueError(f"the variant {name!r} takes the name of fixed or of a fault: name it otherwise")
         if not variant and name != "fixed":
             parse_faults(name.replace("+", ","), policy)
 
@@ -126,6 +133,7 @@ def machine() -> str:
 
 
 def read_runs(out: str) -> dict[tuple[str, int], dict]:
+    """runs.csv: a row per finished run (the last row, should a run have been done again)."""
     path = os.path.join(out, "runs.csv")
     if not os.path.exists(path):
         return {}
@@ -134,13 +142,15 @@ def read_runs(out: str) -> dict[tuple[str, int], dict]:
 
 
 def finished(out: str, runs: dict, config: str, seed: int) -> bool:
+    """It has its row in runs.csv, and its TensorBoard log (unless it crashed before writing one)."""
     run_dir = os.path.join(out, f"{config}_seed{seed}")
-    return (config, seed) in runs and os.path.isdir(run_dir) and any(
-        name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+    return (config, seed) in runs and (bool(runs[(config, seed)]["error"]) or os.path.isdir(run_dir) and any(
+        name.startswith("events.out.tfevents") for name in os.listdir(run_dir)))
 
 
-def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threading.Lock) -> dict:
-    """One run of train.py, from scratch; its row goes to runs.csv when it ends (a crash is a finished run too)."""
+def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threading.Lock) -> dict | None:
+    """One run of train.py, from scratch; its row goes to runs.csv when it ends (a crash is a finished run too).
+    A run stopped by Ctrl-C (exit code 130) or killed by a signal writes no row: None, and the next call redoes it."""
     study, name = args.study, config_name(config)
     run_dir = os.path.join(args.out, f"{name}_seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again: a curve is never appended to
@@ -155,6 +165,8 @@ def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threadi
         log.flush()
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True)
         log.write(done.stderr)
+    if done.returncode == 130 or done.returncode < 0:
+        return None
     error = ""
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -176,6 +188,11 @@ def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threadi
 
 def run_all(args: Args) -> None:
     os.makedirs(args.out, exist_ok=True)
+    lock_file = open(os.path.join(args.out, ".lock"), "w")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends
+    except BlockingIOError:
+        raise ValueError(f"another reproduce_collapse.py is running on {args.out}: wait for it, or use another --out")
     settings = os.path.join(args.out, "study.json")
     if os.path.exists(settings):
         with open(settings) as f:
@@ -187,6 +204,12 @@ def run_all(args: Args) -> None:
         with open(settings, "w") as f:
             json.dump(asdict(args.study), f, indent=1)
     runs = read_runs(args.out)
+    for config in args.configs:
+        name, options = config_name(config), shlex.join(config_args(config))
+        made = [row for (c, _), row in runs.items() if c == name and not row["command"].endswith(options)]
+        if made:
+            raise ValueError(f"{args.out} has runs of {name!r} made with other options ({made[0]['command']}): "
+                             "give this configuration another name")
     todo = [(config, seed) for seed in range(args.seeds) for config in args.configs
             if not finished(args.out, runs, config_name(config), seed)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -194,12 +217,18 @@ def run_all(args: Args) -> None:
           f"{args.study.budget:,} agent steps, {args.jobs} at a time with {threads} torch threads each; "
           f"in {args.out}", flush=True)
     lock = threading.Lock()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        work = [pool.submit(train, args, config, seed, threads, lock) for config, seed in todo]
+    pool = ThreadPoolExecutor(args.jobs)
+    try:
+        work = {pool.submit(train, args, config, seed, threads, lock): (config, seed) for config, seed in todo}
         for i, future in enumerate(as_completed(work), 1):
             row = future.result()
-            print(f"[{i}/{len(todo)}] {row['config']}_seed{row['seed']}: "
-                  f"{'CRASHED: ' + row['error'] if row['error'] else 'done'} ({row['seconds']} s)", flush=True)
+            name = f"{config_name(work[future][0])}_seed{work[future][1]}"
+            status = "interrupted" if row is None else "CRASHED: " + row["error"] if row["error"] else "done"
+            print(f"[{i}/{len(todo)}] {name}: {status}" + (f" ({row['seconds']} s)" if row else ""), flush=True)
+    except KeyboardInterrupt:  # the runs got the Ctrl-C too: they stop without a row; start no more
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise ValueError("interrupted: run the same command again to resume") from None
+    pool.shutdown()
 
 
 # --- curves.csv: every finished run's every metric, one row per update ---------------------------------------
@@ -217,7 +246,8 @@ def write_curves(out: str) -> None:
                 for step, value in zip(*c.get(tag, ([], []))):
                     by_step.setdefault(step, {})[tag] = value
             for step in sorted(by_step):
-                writer.writerow([config, seed, step, *(by_step[step].get(tag, "") for tag in tags)])
+                values = (by_step[step].get(tag) for tag in tags)  # TensorBoard keeps float32: 9 digits are exact
+                writer.writerow([config, seed, step, *("" if v is None else f"{v:.9g}" for v in values)])
 
 
 def read_curves(out: str) -> dict[tuple[str, int], Curves]:
@@ -235,6 +265,9 @@ def read_curves(out: str) -> dict[tuple[str, int], Curves]:
 
 # --- the analysis: from curves.csv and runs.csv only -----------------------------------------------------------
 def analyze(args: Args) -> str:
+    if not all(os.path.exists(os.path.join(args.out, name)) for name in ("study.json", "runs.csv", "curves.csv")):
+        raise ValueError(f"{args.out} has no study.json, runs.csv and curves.csv: run the study without "
+                         "--analyze-only first")
     with open(os.path.join(args.out, "study.json")) as f:
         study = Study(**json.load(f))
     runs = read_runs(args.out)
@@ -276,6 +309,7 @@ def analyze(args: Args) -> str:
 
 
 def main(args: Args) -> None:
+    args.out = args.out or os.path.join("runs", f"collapse_{args.study.env}")
     try:
         check_configs(args.configs, args.study.policy)
         if args.seeds < 1 or args.jobs < 1 or not 0 < args.window <= 1:
@@ -283,11 +317,9 @@ def main(args: Args) -> None:
         if not args.analyze_only:
             run_all(args)
             write_curves(args.out)
-        elif not os.path.exists(os.path.join(args.out, "curves.csv")):
-            raise ValueError(f"{args.out} has no curves.csv: run the study without --analyze-only first")
+        print(analyze(args))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    print(analyze(args))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def main() -> None:
           f"logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else ""))
     trainer.train()
     print(f"saved {trainer.checkpoint_path}")
+    if trainer.interrupted:
+        sys.exit(130)  # the shell's code for a Ctrl-C: whoever started the run can tell it did not finish
 
 
 if __name__ == "__main__":

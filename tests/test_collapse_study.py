@@ -40,13 +40,62 @@ def test_each_verdict_of_the_rule():
                  ("worse", seed): curve([v - 0.2 - 0.01 * seed for v in good]),
                  ("better", seed): curve([v + 0.2 + 0.01 * seed for v in good]),
                  ("same", seed): curve([v + 0.001 * seed for v in good]),
-                 ("late", seed): curve([0.1, 0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.5]),  # same final, reached 3x later
+                 ("late", seed): curve([0.1, 0.1, 0.1, 0.1, 0.1, 0.5, 0.5]),  # same final, reached 1.75x later
                  # one seed far below its pair, two equal: the mean is within noise
                  ("split", seed): curve([0.1] * 7 if seed == 0 else good)}
     runs[("crash", 0)] = curve(GOOD)
+    runs[("nan", 0)] = curve([0.1, float("nan"), 0.5, 0.5, 0.5, 0.5, 0.5])
     assert verdicts(runs, {("crash", 1): "RuntimeError: boom"}) == {
         "fixed": "reference", "falls": "collapses", "worse": "degrades", "better": "improves",
-        "same": "no measurable effect", "late": "slows", "split": "mixed", "crash": "crashes"}
+        "same": "no measurable effect", "late": "slows", "split": "mixed", "crash": "crashes", "nan": "diverges"}
+
+
+def step_curve(rise_at, low=0.1, high=0.5, n=100):
+    return curve([low] * rise_at + [high] * (n - rise_at))
+
+
+def verdict_of(mine: list[dict], fixed: list[dict], window=0.01):
+    runs = {("fixed", s): c for s, c in enumerate(fixed)} | {("x", s): c for s, c in enumerate(mine)}
+    return verdicts(runs, window=window)["x"]
+
+
+FIXED = [step_curve(20)] * 3  # rises from 0.1 to 0.5 at step 21,000 (one point per 1,000 steps)
+
+
+@pytest.mark.parametrize("mine, expected", [
+    # collapses: rose 0.4 and kept less than half of it, in most seeds
+    ([curve([0.1] * 20 + [0.5] * 40 + [0.29] * 40)] * 3, "collapses"),  # kept 0.19 of 0.4
+    ([curve([0.1] * 20 + [0.5] * 40 + [0.31] * 40)] * 3, "degrades"),  # kept 0.21: not a collapse
+    ([curve([0.1] * 20 + [0.5] * 40 + [0.29] * 40)] * 2 + [step_curve(20)], "collapses"),  # 2 of 3
+    ([curve([0.1] * 20 + [0.5] * 40 + [0.29] * 40)] + [step_curve(20)] * 2, "mixed"),  # 1 of 3
+    # degrades: at least min_rise (0.05) below, beyond 2 standard errors, over at least 2 pairs
+    ([step_curve(20, high=0.44)] * 3, "degrades"),
+    ([step_curve(20, high=0.46)] * 3, "no measurable effect"),  # consistent, but less than min_rise
+    ([step_curve(20, high=0.3)], "mixed"),  # one seed: no standard error, so no verdict on the mean
+    ([step_curve(20, high=h) for h in (0.30, 0.40, 0.44)], "degrades"),  # -0.15 +- 0.041: 3.7 errors
+    ([step_curve(20, high=h) for h in (0.20, 0.40, 0.46)], "mixed"),  # -0.153 +- 0.078: 1.96 errors
+    # slows: most seeds reach 80% of the pair's rise more than 1.5x later than fixed, or never
+    ([step_curve(29)] * 3, "no measurable effect"),  # 30,000 / 21,000 = 1.43x
+    ([step_curve(33)] * 3, "slows"),  # 34,000 / 21,000 = 1.62x
+    ([step_curve(33, high=0.6)] * 2 + [step_curve(20, high=0.45)], "slows"),  # late and far: slows comes first
+    ([step_curve(20, high=0.1)] * 3, "degrades"),  # never there, and far below: worse, not slower
+    # mixed: a seed min_rise from its pair while the mean is within noise
+    ([step_curve(20, high=0.44)] + [step_curve(20)] * 2, "mixed"),
+    ([step_curve(20, high=0.46)] + [step_curve(20)] * 2, "no measurable effect"),
+])
+def test_the_rule_at_its_boundaries(mine, expected):
+    assert verdict_of(mine, FIXED) == expected
+
+
+def test_no_speed_verdict_where_fixed_did_not_rise():
+    assert verdict_of([step_curve(20, low=0.07, high=0.07)] * 3, [step_curve(20, high=0.1)] * 3) == "no measurable effect"
+
+
+def test_the_window_is_rounded_and_a_pair_needs_runs_of_the_same_length():
+    ten = seed_numbers(list(range(1, 11)), [0.0, 0.0, 0.0, 1.0, 1, 1, 1, 1, 1, 1], 0.35, 0.05)
+    assert ten.initial == 0.25  # round(3.5) = 4 points
+    short = {("fixed", s): step_curve(20) for s in range(3)} | {("x", s): step_curve(20, n=80) for s in range(3)}
+    assert verdicts(short, window=0.01)["x"] == "no fixed runs to compare with"
 
 
 def test_summary_numbers_are_paired_by_seed():
@@ -89,3 +138,42 @@ def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys
         s.main(args.__class__(**{**vars(args), "study": s.Study(budget=999)}))
     with pytest.raises(SystemExit, match="unknown fault 'typo'"):
         s.main(s.Args(configs=["fixed", "typo"], out=str(tmp_path)))
+
+
+def test_configurations_are_checked_before_anything_runs(tmp_path):
+    s = study()
+    for configs, message in ((["fixed", "fixed"], "named twice"),
+                             (["fixed=--lstm-init forget"], "takes the name of fixed"),
+                             (["no_relu=--lstm-init forget"], "takes the name of fixed or of a fault"),
+                             (["a b=--seed 1"], "use letters, digits")):
+        with pytest.raises(SystemExit, match=message):
+            s.main(s.Args(configs=configs, out=str(tmp_path)))
+
+
+def test_a_run_stopped_by_ctrl_c_or_a_signal_writes_no_row(tmp_path, monkeypatch):
+    import subprocess
+    import threading
+
+    s = study()
+    args = s.Args(out=str(tmp_path))
+    for code in (130, -9, 1):
+        monkeypatch.setattr(s.subprocess, "run", lambda *a, _c=code, **k: subprocess.CompletedProcess(a, _c, "", "boom"))
+        row = s.train(args, "fixed", code % 7, 1, threading.Lock())
+        assert (row is None) == (code != 1)
+    assert list(s.read_runs(str(tmp_path))) == [("fixed", 1)] and s.read_runs(str(tmp_path))[("fixed", 1)]["error"] == "boom"
+
+
+def test_train_py_exits_130_after_a_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--env", "nav", "--preset", "cpu",
+           "--num-envs", "8", "--bptt", "16", "--minibatch-size", "64", "--total-steps", "10000000",
+           "--log-dir", str(tmp_path), "--torch-threads", "1"]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    for line in run.stdout:
+        if line.startswith("update 2/"):
+            run.send_signal(signal.SIGINT)
+            break
+    assert run.wait(timeout=60) == 130
+    assert (tmp_path / "nav_fast_0" / "checkpoint.pt").exists()

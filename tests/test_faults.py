@@ -182,3 +182,23 @@ def test_no_detach_with_no_memory_reset_crashes_on_the_second_minibatch():
     trainer.rollout()
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         trainer.learn()
+
+
+def test_a_faulty_policy_deep_copies_and_pickles_with_its_faults():
+    import copy
+    import pickle
+
+    env = make_env("nav", num_envs=2, seed=0)
+    names = "prefix,no_detach,no_done_reset,bptt_reshape,no_memory_reset,no_clip_weights"
+    policy = apply_faults(make_policy("fast", env), names)
+    for twin in (copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+        assert overrides(twin) == overrides(policy)
+        torch.manual_seed(0)
+        theirs = rollout(twin, env, 3)
+        assert twin.get_memory() and not policy.get_memory()  # the copy's overrides act on the copy
+        torch.manual_seed(0)
+        env = make_env("nav", num_envs=2, seed=0)
+        mine = rollout(policy, env, 3)
+        assert torch.equal(mine["act_log_prob"], theirs["act_log_prob"])
+        policy.memory.state.clear()
+        env = make_env("nav", num_envs=2, seed=0)

@@ -55,6 +55,7 @@ class Trainer:
         self.num_updates = cfg.total_steps // self.batch_size
         self.update = 0
         self.global_step = 0
+        self.interrupted = False  # the last train() stopped at a Ctrl-C
         self.next_obs = self.env.reset()
         if cfg.resume:
             self.load_state_dict(saved)
@@ -193,6 +194,7 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
             writer.close()
         self.save()
+        self.interrupted = bool(interrupted)
         if interrupted and not quiet:
             print(f"interrupted: saved {self.checkpoint_path}; continue with --resume {self.checkpoint_path}")
         return history

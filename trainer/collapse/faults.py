@@ -3,10 +3,12 @@
 The correct code names none of them. Each fault is a function that takes a built policy and overrides the one
 correct piece it breaks (a method of the memory, of the action table or of the policy, the actor's head, the
 encoder's activations, a hook on the observation): `apply_faults(make_policy(...), "a,b")`, which the trainer
-does once when `--faults a,b` is given. `scripts/reproduce_collapse.py` measures them side by side. The history
-is in the reference (`metta-2025.md` section 1): the port collapsed with the "history" faults and was fixed on
-2025-08-15 (commits 4922856a70, 4ae59d4a4e, 4a4041e3b1, a581b6d0a3); the audits written while chasing it blamed
-the "audit" ones. docs/collapse.md has what each one measurably does.
+does once when `--faults a,b` is given. An override wraps the method it replaces (a functools.partial of a module
+function, so a faulty policy still deep-copies and pickles), so faults that override one method compose.
+`scripts/reproduce_collapse.py` measures them side by side. The history is in the reference (`metta-2025.md`
+section 1): the port collapsed with the "history" faults and was fixed on 2025-08-15 (commits 4922856a70,
+4ae59d4a4e, 4a4041e3b1, a581b6d0a3); the audits written while chasing it blamed the "audit" ones.
+docs/collapse.md has what each one measurably does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -29,13 +32,12 @@ def memoryless_rollout(policy: RecurrentPolicy) -> None:
     state, so the agent acted without memory, while training unrolled 64-step segments with memory. The
     rollout's log-probs then come from a different policy than the one trained: the importance ratio is not 1
     even before the first update, and the clipped objective mostly trains on noise."""
-    memory, step = policy.memory, policy.memory.step
+    policy.memory.step = partial(_step_from_zero_state, policy.memory, policy.memory.step)
 
-    def step_from_zero_state(x, starts, key):
-        memory.state.pop(key, None)  # no stored state: the step starts from zeros
-        return step(x, starts, key)
 
-    memory.step = step_from_zero_state
+def _step_from_zero_state(memory, step, x, starts, key):
+    memory.state.pop(key, None)  # no stored state: the step starts from zeros
+    return step(x, starts, key)
 
 
 def wrong_action_index(policy: RecurrentPolicy) -> None:
@@ -43,13 +45,12 @@ def wrong_action_index(policy: RecurrentPolicy) -> None:
     For the 19 arena pairs, 10 (every pair after the first type with no argument) were scored at the log-prob of
     a different action, so the gradient pushed up actions the agent never took. Acting was correct, which hides
     it: returns still rise for a while."""
-    table = policy.actions
+    policy.actions.to_index = partial(_index_without_type_offset, policy.actions)
 
-    def index_without_type_offset(actions):
-        actions = actions.long()
-        return table.cum[actions[..., 0]] + actions[..., 1]
 
-    table.to_index = index_without_type_offset
+def _index_without_type_offset(table, actions):
+    actions = actions.long()
+    return table.cum[actions[..., 0]] + actions[..., 1]
 
 
 class TypeArgHeads(nn.Module):
@@ -75,7 +76,7 @@ def sixteen_logits(policy: RecurrentPolicy) -> None:
     head = policy.actor[-1] if isinstance(policy.actor, nn.Sequential) else None
     if not isinstance(head, BilinearActionHead):
         raise ValueError("sixteen_logits replaces Metta's bilinear action head, which this policy does not have")
-    policy.actor[-1] = TypeArgHeads(head.W.shape[0], policy.spec)
+    policy.actor[-1] = TypeArgHeads(head.W.shape[0], policy.spec).to(head.W.device)
     record_weight_bounds(policy.actor[-1])  # clip_weights bounds the new layers by their initial weights too
 
 
@@ -96,12 +97,12 @@ def obs_zero_255_inplace(policy: RecurrentPolicy) -> None:
     attention policies can no longer mask. Because it is in place, the stored experience is rewritten too. (The
     port also hard-coded 22 input channels for the env's 25; not reproduced here: our encoders read the count
     from the env.)"""
+    policy.register_forward_pre_hook(_zero_padding_in_place)
 
-    def zero_padding_in_place(module, args):
-        obs = args[0]["env_obs"]
-        obs[obs == 255] = 0
 
-    policy.register_forward_pre_hook(zero_padding_in_place)
+def _zero_padding_in_place(policy, args):
+    obs = args[0]["env_obs"]
+    obs[obs == 255] = 0
 
 
 # --- audits: what the audits blamed ----------------------------------------------------------------------------
@@ -110,36 +111,37 @@ def no_detach(policy: RecurrentPolicy) -> None:
     episodes". The collapsing version stored no state at all (see memoryless_rollout), so it cannot have mattered
     there. Here the state is stored with its graph; acting runs without grad and the trainer resets memory before
     every minibatch, so the graph is dropped unless no_memory_reset keeps it."""
-    memory = policy.memory
+    policy.memory._store = partial(_store_with_graph, policy.memory)
 
-    def store_with_graph(key, h, c):
-        memory.state[key] = (h, c)
 
-    memory._store = store_with_graph
+def _store_with_graph(memory, key, h, c):
+    memory.state[key] = (h, c)
 
 
 def no_done_reset(policy: RecurrentPolicy) -> None:
     """Acting never zeroes an agent's state when its episode ends: the next episode starts with the last one's
     memory. Training still resets at episode starts, so acting and training disagree after the first episode end
     in a segment."""
-    step = policy.memory.step
-    policy.memory.step = lambda x, starts, key: step(x, torch.zeros_like(starts), key)
+    policy.memory.step = partial(_without_starts, policy.memory.step)
 
 
 def no_train_done_reset(policy: RecurrentPolicy) -> None:
     """Training ignores episode starts inside a segment and carries the state across them. This is Metta's and
     PufferLib 3.0's own semantics, in both the collapsing and the fixed versions; acting did reset, so the
     recomputed log-probs differ from the rollout's after the first episode end in a segment."""
-    unroll = policy.memory.unroll
-    policy.memory.unroll = lambda x, starts, key: unroll(x, torch.zeros_like(starts), key)
+    policy.memory.unroll = partial(_without_starts, policy.memory.unroll)
+
+
+def _without_starts(call, x, starts, key):
+    return call(x, torch.zeros_like(starts), key)  # as if no episode started: no state is zeroed
 
 
 def no_memory_reset(policy: RecurrentPolicy) -> None:
-    """The trainer's reset_memory() does nothing: each minibatch starts from the state the previous minibatch
+    """The policy's reset_memory() does nothing: in the trainer, each minibatch starts from the state the previous minibatch
     ended with (other agents' segments, other times), and a rollout starts from whatever state of its batch size
     is stored. With no_detach, the second minibatch backpropagates into the first one's freed graph, and training
     crashes."""
-    policy.reset_memory = lambda: None
+    policy.reset_memory = _nothing
 
 
 def bptt_reshape(policy: RecurrentPolicy) -> None:
@@ -147,22 +149,25 @@ def bptt_reshape(policy: RecurrentPolicy) -> None:
     port derived both from the observation's shape, so it did not have this bug; here is what the bug would be:
     the [B, T] segments are reshaped to the LSTM's [T, B] instead of transposed, so the LSTM reads steps of
     different agents and times as one sequence."""
-    unroll = policy.memory.unroll
+    policy.memory.unroll = partial(_unroll_reshaped, policy.memory.unroll)
 
-    def unroll_reshaped(x, starts, key):
-        B, T = starts.shape
-        # the correct unroll transposes its input to [T, B]: hand it what makes that transpose x.reshape(T, B)
-        out = unroll(x.reshape(T, B, -1).transpose(0, 1), starts, key)
-        return out.transpose(0, 1).reshape(B, T, -1)  # and read its [T, B] output back as [B, T] the same way
 
-    policy.memory.unroll = unroll_reshaped
+def _unroll_reshaped(unroll, x, starts, key):
+    B, T = starts.shape
+    # the correct unroll transposes its input to [T, B]: hand it what makes that transpose x.reshape(T, B)
+    out = unroll(x.reshape(T, B, -1).transpose(0, 1), starts, key)
+    return out.transpose(0, 1).reshape(B, T, -1)  # and read its [T, B] output back as [B, T] the same way
 
 
 def no_clip_weights(policy: RecurrentPolicy) -> None:
     """The audits said weight clipping was on in ComponentPolicy and off in the port. The history says clip_range
     was 0 in both: off everywhere. Here clip_weights() does nothing after the optimizer step, which changes
     nothing unless --clip-range is above 0."""
-    policy.clip_weights = lambda: None
+    policy.clip_weights = _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 # --- the catalogue ---------------------------------------------------------------------------------------------

@@ -9,24 +9,35 @@ APPROX_KL = "losses/approx_kl"
 MEANS = (RATIO_DEVIATION, APPROX_KL)  # the metrics the table averages
 
 
-def summary_table(rows: list[Row], header: str) -> str:
-    def pm(pair: tuple[float, float]) -> str:
-        return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+def pm(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
+
+def vs_fixed(row: Row) -> str:
+    if row.vs_fixed is None:
+        return ""
+    usable = row.seeds - row.crashed - row.diverged
+    return pm(row.vs_fixed) + (f" ({row.paired} of {usable} paired)" if row.paired < usable else "")
+
+
+def summary_table(rows: list[Row], header: str) -> str:
     lines = [header + " ± is the spread (sd) over seeds; vs fixed is the paired difference of finals ± its standard "
-             "error; slow counts the seeds that reach 80% of their fixed pair's rise 1.5x later or never.", "",
+             "error; slow counts the seeds that reach 80% of their fixed pair's rise more than 1.5x later (or never, "
+             "ending near it). The rule: trainer/collapse/verdict.py.", "",
              "| configuration | seeds | final return | peak return | steps to peak | collapsed | vs fixed | slow | "
              "first-minibatch ratio deviation | approx_kl | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.final is not None:
             cells = [pm(row.final), pm(row.peak), f"{row.peak_step:,.0f}", f"{row.collapsed}/{row.seeds - row.crashed}",
-                     pm(row.vs_fixed) if row.vs_fixed else "", f"{row.slow}/{row.timed}" if row.timed else "",
+                     vs_fixed(row), f"{row.slow}/{row.timed}" if row.timed else "",
                      f"{row.means[RATIO_DEVIATION]:.2g}", f"{row.means[APPROX_KL]:.2g}"]
         else:
             cells = ["-"] * 8
         lines.append(f"| {row.config} | {row.seeds} | " + " | ".join(cells) + f" | {row.verdict} |")
     for row in rows:
+        if row.diverged:
+            lines.append(f"\n{row.config}: {row.diverged} of {row.seeds} seeds diverged (a return that is not a number)")
         if row.crashed:
             lines.append(f"\n{row.config}: {row.crashed} of {row.seeds} seeds crashed: " + "; ".join(row.errors))
     return "\n".join(lines) + "\n"

@@ -4,14 +4,19 @@ Per seed, from its return curve (one point per update), with w = window x its nu
     initial, final  the mean of its first, last w points
     peak            the best mean of w consecutive points, and the step at which that window ends
     collapsed       it rose at least min_rise above initial, then lost more than half of that rise by the end
-Per configuration, paired by seed with fixed (the correct trainer):
-    vs fixed        final minus fixed's final: the mean over seeds and its standard error
+    diverged        its return is not a finite number somewhere
+Per configuration, paired by seed with fixed (the correct trainer; a pair needs both runs to reach 90% of the
+same last step):
+    vs fixed        final minus fixed's final: the mean over pairs and its standard error
     verdict         the first that holds:
         crashes               a seed crashed
+        diverges              a seed diverged
         collapses             most seeds collapsed
         degrades / improves   vs fixed is at least min_rise below / above 0, and more than 2 standard errors
+                              (which takes at least 2 pairs)
         slows                 most seeds reach 80% of their fixed pair's rise (initial to final) more than
-                              1.5x later than that pair does, or never (only where fixed rose min_rise)
+                              1.5x later than that pair does, or never while ending within min_rise of it
+                              (only where fixed rose min_rise)
         mixed                 some seed ends min_rise or more from its fixed pair, yet the mean is within
                               noise: the seeds disagree, and more of them are needed
         no measurable effect
@@ -33,6 +38,7 @@ class Seed:
     peak: float
     peak_step: int
     collapsed: bool
+    diverged: bool
     steps: list[int]
     smooth: list[float]  # the moving mean of w points, ending at steps[i]
 
@@ -46,12 +52,14 @@ class Row:
     config: str
     seeds: int
     crashed: int = 0
+    diverged: int = 0
     errors: list[str] = field(default_factory=list)
     final: tuple[float, float] | None = None  # mean and sd over seeds
     peak: tuple[float, float] | None = None
     peak_step: float | None = None
     collapsed: int = 0
     vs_fixed: tuple[float, float] | None = None  # paired mean difference and its standard error
+    paired: int = 0  # seeds with a fixed run of the same seed and length
     slow: int = 0  # seeds that reach 80% of their fixed pair's rise 1.5x later, or never
     timed: int = 0  # seeds whose fixed pair rose enough to time
     far: int = 0  # seeds whose final is min_rise or more from their fixed pair's
@@ -62,12 +70,14 @@ class Row:
 def seed_numbers(steps: list[int], values: list[float], window: float, min_rise: float) -> Seed | None:
     if not values:
         return None
+    if not all(map(math.isfinite, values)):
+        return Seed(math.nan, math.nan, math.nan, steps[-1], False, True, [], [])
     w = max(1, round(window * len(values)))
     smooth = [sum(values[i - w + 1:i + 1]) / w for i in range(w - 1, len(values))]
     best = max(range(len(smooth)), key=smooth.__getitem__)
     initial, final, peak = smooth[0], smooth[-1], smooth[best]
     rise = peak - initial
-    return Seed(initial, final, peak, steps[best + w - 1], rise >= min_rise and final - initial < rise / 2,
+    return Seed(initial, final, peak, steps[best + w - 1], rise >= min_rise and final - initial < rise / 2, False,
                 steps[w - 1:], smooth)
 
 
@@ -87,7 +97,8 @@ def summarize(curves: dict[tuple[str, int], Curves], errors: dict[tuple[str, int
         seeds = sorted({s for c, s in [*curves, *errors] if c == config})
         row = Row(config, len(seeds), errors=sorted({errors[(config, s)] for s in seeds if (config, s) in errors}))
         row.crashed = sum((config, s) in errors for s in seeds)
-        ok = {s: numbers[(config, s)] for s in seeds if numbers.get((config, s))}
+        row.diverged = sum(bool(numbers.get((config, s)) and numbers[(config, s)].diverged) for s in seeds)
+        ok = {s: numbers[(config, s)] for s in seeds if numbers.get((config, s)) and not numbers[(config, s)].diverged}
         if ok:
             row.final = mean_sd([n.final for n in ok.values()])
             row.peak = mean_sd([n.peak for n in ok.values()])
@@ -96,8 +107,11 @@ def summarize(curves: dict[tuple[str, int], Curves], errors: dict[tuple[str, int
             for metric in means:
                 values = [v for s in ok for v in curves[(config, s)].get(metric, ([], []))[1]]
                 row.means[metric] = sum(values) / len(values) if values else math.nan
-            pairs = {s: (n, numbers[("fixed", s)]) for s, n in ok.items() if numbers.get(("fixed", s))}
+            fixed = {s: numbers.get(("fixed", s)) for s in ok}
+            pairs = {s: (n, fixed[s]) for s, n in ok.items() if fixed[s] and not fixed[s].diverged
+                     and min(n.steps[-1], fixed[s].steps[-1]) >= 0.9 * max(n.steps[-1], fixed[s].steps[-1])}
             if pairs and config != "fixed":
+                row.paired = len(pairs)
                 diffs = [n.final - f.final for n, f in pairs.values()]
                 m, sd = mean_sd(diffs)
                 row.vs_fixed = (m, sd / math.sqrt(len(diffs)))
@@ -107,7 +121,9 @@ def summarize(curves: dict[tuple[str, int], Curves], errors: dict[tuple[str, int
                         level = f.initial + 0.8 * (f.final - f.initial)
                         mine, theirs = n.reaches(level), f.reaches(level)
                         row.timed += 1
-                        row.slow += mine is None or (theirs is not None and mine > 1.5 * theirs)
+                        near = abs(n.final - f.final) < min_rise  # one that never gets there and ends far is "far"
+                        row.slow += (mine is None and near) or (mine is not None and theirs is not None
+                                                                and mine > 1.5 * theirs)
         row.verdict = verdict(row, min_rise)
         rows.append(row)
     return rows
@@ -119,14 +135,16 @@ def verdict(row: Row, min_rise: float) -> str:
         return "reference"
     if row.crashed:
         return "crashes"
+    if row.diverged:
+        return "diverges"
     if row.final is None:
         return "no data"
-    if row.collapsed * 2 > row.seeds:
+    if row.collapsed * 2 > row.seeds - row.crashed - row.diverged:
         return "collapses"
     if row.vs_fixed is None:
         return "no fixed runs to compare with"
     m, se = row.vs_fixed
-    if abs(m) >= min_rise and abs(m) > 2 * se:
+    if row.paired >= 2 and abs(m) >= min_rise and abs(m) > 2 * se:
         return "degrades" if m < 0 else "improves"
     if row.timed and row.slow * 2 > row.timed:
         return "slows"
