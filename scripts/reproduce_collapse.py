@@ -159,7 +159,7 @@ def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threadi
            "--policy", study.policy, "--env", study.env, "--total-steps", str(study.budget), "--seed", str(seed),
            "--torch-threads", str(threads), "--log-dir", args.out, "--run-name", f"{name}_seed{seed}",
            "--checkpoint-interval", str(10 ** 9), *shlex.split(study.train_args), *config_args(config)]
-    start = time.perf_counter()
+    start, code = time.perf_counter(), commit()  # the code the run starts with, whatever changes while it runs
     with open(os.path.join(run_dir, "train.log"), "w") as log:
         log.write(shlex.join(cmd) + "\n")
         log.flush()
@@ -174,7 +174,7 @@ def train(args: Args, config: str, seed: int, threads: int, ledger_lock: threadi
     if not args.keep_checkpoints and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
         os.remove(os.path.join(run_dir, "checkpoint.pt"))
     row = {"config": name, "seed": seed, "seconds": f"{time.perf_counter() - start:.0f}", "error": error,
-           "commit": commit(), "machine": machine(), "command": shlex.join(cmd[1:])}
+           "commit": code, "machine": machine(), "command": shlex.join(cmd[1:])}
     with ledger_lock:
         path = os.path.join(args.out, "runs.csv")
         new = not os.path.exists(path)
