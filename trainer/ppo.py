@@ -16,6 +16,7 @@ import dataclasses
 import os
 import signal
 import time
+from collections import defaultdict
 
 import torch
 from tensordict import TensorDict
@@ -29,6 +30,7 @@ from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
 from trainer.host_memory import keep_freed_memory
+from trainer.loss import ppo_loss
 
 
 class Trainer:
@@ -77,65 +79,67 @@ class Trainer:
         self.global_step += self.batch_size
 
     def learn(self) -> dict[str, float]:
+        """One PPO update on the rollout in the buffer; returns the update's mean statistics."""
         cfg, data = self.cfg, self.buffer.data
-        lr = cfg.learning_rate * (1 - self.update / self.num_updates if cfg.anneal_lr else 1)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        advantage_of = lambda ratio: compute_advantages(  # noqa: E731
-            data["values"], data["rewards"], data["dones"], data["truncateds"], ratio,
-            cfg.gamma, cfg.gae_lambda, cfg.rho_clip, cfg.c_clip)
-        ratio = torch.ones_like(data["values"])  # the latest pi/mu per step, for V-trace
-        returns = advantage_of(ratio) + data["values"]
-        beta = prio_beta(cfg.prio_beta0, cfg.prio_alpha, self.update, self.num_updates)
-        per_epoch = self.buffer.segments // self.minibatch_segments
-        stats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "clipfrac")}
-        stats["ratio_deviation_first_minibatch"] = []  # before any step: 0 exactly when training matches acting
+        lr = self.set_learning_rate()
+        vtrace_ratio = torch.ones_like(data["values"])  # π/μ per step, as the last minibatch that held it left it
+        returns = self.advantages(vtrace_ratio) + data["values"]
+        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         for _ in range(cfg.update_epochs):
-            shuffled = (shuffled_minibatches(self.buffer.segments, self.minibatch_segments, self.sampler, self.device)
-                        if cfg.sampling == "shuffled" else None)
-            for m in range(per_epoch):
-                advantages = advantage_of(ratio)
-                if shuffled is None:
-                    index, weights = sample_segments(advantages, self.minibatch_segments, cfg.prio_alpha, beta, self.sampler)
-                else:
-                    index, weights = shuffled[m], torch.ones(self.minibatch_segments, device=self.device)
+            for index, weights, advantages in self.minibatches(vtrace_ratio):
                 self.policy.reset_memory()
                 minibatch = data[index]
                 with self.autocast():
-                    out = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
-                log_ratio = out["act_log_prob"] - minibatch["act_log_prob"]
-                mb_ratio = log_ratio.exp()
-                adv = advantages[index]
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8) * weights[:, None]
-                policy_loss = torch.max(-adv * mb_ratio,
-                                        -adv * mb_ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                old_values, target = minibatch["values"], returns[index]
-                clipped = old_values + (out["values"] - old_values).clamp(-cfg.vf_clip_coef, cfg.vf_clip_coef)
-                value_loss = 0.5 * torch.max((out["values"] - target) ** 2, (clipped - target) ** 2).mean()
-                entropy = out["entropy"].mean()
-                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+                    new = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
+                out = ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
+                               new["values"], minibatch["values"], returns[index], new["entropy"],
+                               clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
+                               ent_coef=cfg.ent_coef)
 
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                out.loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.policy.clip_weights()
 
-                with torch.no_grad():  # statistics stay on the device until the update ends
-                    ratio[index] = mb_ratio.detach()
-                    if not stats["ratio_deviation_first_minibatch"]:
-                        stats["ratio_deviation_first_minibatch"].append((mb_ratio - 1).abs().max())
-                    for k, v in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
-                                 ("approx_kl", ((mb_ratio - 1) - log_ratio).mean()), ("grad_norm", grad_norm),
-                                 ("clipfrac", ((mb_ratio - 1).abs() > cfg.clip_coef).float().mean())):
-                        stats[k].append(v.detach())
-        values, returns = data["values"].flatten(), returns.flatten()
-        spread = returns.var()
-        stats["explained_variance"] = [torch.where(spread > 0, 1 - (returns - values).var() / spread, torch.nan)]
+                vtrace_ratio[index] = out.ratio.detach()
+                if not stats:  # before any step: 0 exactly when training recomputes what acting did
+                    stats["ratio_deviation_first_minibatch"].append((out.ratio.detach() - 1).abs().max())
+                for k, v in (("policy_loss", out.pg_loss), ("value_loss", out.v_loss), ("entropy", out.entropy),
+                             ("approx_kl", out.approx_kl), ("grad_norm", grad_norm), ("clipfrac", out.clipfrac)):
+                    stats[k].append(v.detach())  # statistics stay on the device until the update ends
+        stats["explained_variance"].append(explained_variance(data["values"], returns))
         self.update += 1
         means = torch.stack([torch.stack(v).float().mean() for v in stats.values()]).tolist()  # the one read back
         return {**dict(zip(stats, means)), "learning_rate": lr}
+
+    def set_learning_rate(self) -> float:
+        """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr."""
+        lr = self.cfg.learning_rate * (1 - self.update / self.num_updates if self.cfg.anneal_lr else 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def advantages(self, vtrace_ratio: torch.Tensor) -> torch.Tensor:
+        """GAE with V-trace clipping of every step in the buffer (trainer/advantage.py)."""
+        cfg, data = self.cfg, self.buffer.data
+        return compute_advantages(data["values"], data["rewards"], data["dones"], data["truncateds"], vtrace_ratio,
+                                  cfg.gamma, cfg.gae_lambda, cfg.rho_clip, cfg.c_clip)
+
+    def minibatches(self, vtrace_ratio: torch.Tensor):
+        """One epoch of minibatches: (segment index, importance weights, the segments' advantages). Each minibatch's
+        advantages are computed when it is drawn, from the ratios the minibatches before it left in
+        `vtrace_ratio`: iterate it lazily, updating `vtrace_ratio` in between."""
+        cfg, segments, count = self.cfg, self.buffer.segments, self.minibatch_segments
+        beta = prio_beta(cfg.prio_beta0, cfg.prio_alpha, self.update, self.num_updates)
+        shuffled = shuffled_minibatches(segments, count, self.sampler, self.device) if cfg.sampling == "shuffled" else None
+        for m in range(segments // count):
+            advantages = self.advantages(vtrace_ratio)
+            if shuffled is None:
+                index, weights = sample_segments(advantages, count, cfg.prio_alpha, beta, self.sampler)
+            else:
+                index, weights = shuffled[m], torch.ones(count, device=self.device)
+            yield index, weights, advantages[index]
 
     def health(self) -> dict[str, torch.Tensor]:
         """Cheap signs of saturation or blow-up, on the device: each part's weight norm, and the LSTM cell's mean
@@ -247,3 +251,10 @@ class Trainer:
         path = path or self.checkpoint_path
         save_checkpoint(path, self.state_dict())
         return path
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """1 - Var(R - V) / Var(R): 1 when the critic predicts every return, 0 or less when it predicts nothing."""
+    values, returns = values.flatten(), returns.flatten()
+    spread = returns.var()
+    return torch.where(spread > 0, 1 - (returns - values).var() / spread, torch.nan)

@@ -1,0 +1,221 @@
+"""The PPO loss (trainer/loss.py) against values and gradients computed by hand, and the update step around it
+(trainer/ppo.py Trainer.learn). Each test names the mistake it guards against."""
+
+import math
+
+import pytest
+import torch
+from test_trainer import small_config
+
+from experience import sample_segments
+from trainer import Trainer
+from trainer.loss import normalize, ppo_loss
+
+COEFS = dict(clip_coef=0.2, vf_clip_coef=0.1, vf_coef=0.5, ent_coef=0.01)
+HALF = 1 / math.sqrt(2)  # [s, -s] normalises to [s, -s] / sqrt(2): mean 0, standard deviation (unbiased) 1
+
+
+def loss_of(new_log_prob, advantages, weights=None, values=None, old_values=None, returns=None, entropy=None,
+            **coefs):
+    n = len(new_log_prob)
+    zeros = torch.zeros(n)
+    return ppo_loss(new_log_prob, zeros, advantages, torch.ones(n) if weights is None else weights,
+                    zeros if values is None else values, zeros if old_values is None else old_values,
+                    zeros if returns is None else returns, zeros if entropy is None else entropy,
+                    **{**COEFS, **coefs})
+
+
+# --- the clipped surrogate --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("ratio", [0.5, 1.1, 1.5])  # below, inside and above the clip range [0.8, 1.2]
+def test_clipped_surrogate_in_all_four_regions(sign, ratio):
+    """Guards against min for max in the surrogate, keeping only the clipped (or only the unclipped) term, and
+    a clip range applied around 0 instead of 1. Row 0 is the step under test; row 1 (ratio 1) balances the mean."""
+    new_log_prob = torch.tensor([math.log(ratio), 0.0], requires_grad=True)
+    out = loss_of(new_log_prob, torch.tensor([sign, -sign]), ent_coef=0.0, vf_coef=0.0)
+    adv = sign * HALF
+    clipped = min(max(ratio, 0.8), 1.2)
+    # PPO takes the pessimistic term, the larger of -A r and -A clip(r); row 1 adds -(-A) * 1
+    assert out.pg_loss.item() == pytest.approx((max(-adv * ratio, -adv * clipped) + adv) / 2, abs=1e-6)
+    out.loss.backward()
+    # where the clipped term is the larger it is flat in r: no gradient; elsewhere d(-A r / 2)/dlog r = -A r / 2
+    zero_gradient_region = (adv > 0 and ratio > 1.2) or (adv < 0 and ratio < 0.8)
+    expected = 0.0 if zero_gradient_region else -adv * ratio / 2
+    assert new_log_prob.grad[0].item() == pytest.approx(expected, abs=1e-6)
+    assert (new_log_prob.grad[0].item() == 0.0) == zero_gradient_region
+
+
+def test_clipfrac_and_approx_kl_by_hand():
+    """Guards against a clip fraction or KL estimate computed from the wrong quantity."""
+    ratios = torch.tensor([0.5, 1.0, 1.1, 1.5])
+    out = loss_of(ratios.log(), torch.tensor([1.0, -1.0, 2.0, 0.0]))
+    assert out.clipfrac.item() == pytest.approx(0.5)  # 0.5 and 1.5 are outside [0.8, 1.2]
+    kl = sum((r - 1) - math.log(r) for r in ratios.tolist()) / 4
+    assert out.approx_kl.item() == pytest.approx(kl, rel=1e-5)
+    assert out.ratio.tolist() == pytest.approx(ratios.tolist())
+
+
+def test_advantages_are_normalised_with_their_mean_removed_before_the_weights():
+    """Guards against normalising without subtracting the mean, dividing by the wrong spread, or weighting before
+    normalising."""
+    advantages = torch.tensor([3.0, 5.0, 4.0, 8.0])
+    norm = normalize(advantages)
+    assert norm.mean().item() == pytest.approx(0, abs=1e-6) and norm.std().item() == pytest.approx(1, rel=1e-5)
+    # at ratio 1 the surrogate is -mean(A_hat * w): all-positive advantages still give a zero mean
+    assert loss_of(torch.zeros(4), advantages).pg_loss.item() == pytest.approx(0, abs=1e-6)
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    expected = -(norm * weights).mean().item()  # weights multiply the normalised advantages
+    assert loss_of(torch.zeros(4), advantages, weights).pg_loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_segment_weights_apply_to_every_step_of_their_segment():
+    """Guards against the per-segment importance weights broadcasting along the wrong axis."""
+    advantages = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 4.0]])
+    weights = torch.tensor([2.0, 0.5])
+    zeros = torch.zeros(2, 3)
+    out = ppo_loss(zeros, zeros, advantages, weights, zeros, zeros, zeros, zeros, **COEFS)
+    expected = -(normalize(advantages) * torch.tensor([[2.0] * 3, [0.5] * 3])).mean()
+    assert out.pg_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_step_on_advantages_that_favour_an_action_raises_its_log_prob():
+    """Guards against a flipped sign of the policy loss (the step would lower the favoured action)."""
+    logits = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=0.5)
+    actions = torch.tensor([0, 1, 2, 0, 1, 2])
+    advantages = torch.tensor([1.0, -0.5, -0.5, 1.0, -0.5, -0.5])  # action 0 did better
+    new = torch.log_softmax(logits, 0)[actions]
+    zeros = torch.zeros(6)
+    ppo_loss(new, new.detach(), advantages, torch.ones(6), zeros, zeros, zeros, zeros, **COEFS).loss.backward()
+    optimizer.step()
+    assert torch.log_softmax(logits, 0)[0].item() > math.log(1 / 3)
+
+
+# --- the value loss -------------------------------------------------------------------------------------------
+def test_value_loss_gradient_reaches_the_critic_and_scales_with_its_weight():
+    """Guards against a value loss detached from the critic, a dropped or doubled value weight, and a value term
+    that is not zero at weight 0."""
+    grads = {}
+    for vf_coef in (0.0, 0.5, 1.0):
+        values = torch.tensor([0.05, -0.02], requires_grad=True)  # inside the value clip range around 0
+        out = loss_of(torch.zeros(2), torch.tensor([1.0, -1.0]), values=values, returns=torch.tensor([1.0, 0.5]),
+                      vf_coef=vf_coef, ent_coef=0.0)
+        out.loss.backward()
+        grads[vf_coef] = values.grad.clone()
+        # 0.5 * mean (V - R)^2: d/dV = (V - R) / 2 per row, times the weight
+        assert out.v_loss.item() == pytest.approx(0.5 * ((0.05 - 1) ** 2 + (-0.02 - 0.5) ** 2) / 2, rel=1e-5)
+    assert torch.equal(grads[0.0], torch.zeros(2))
+    assert grads[1.0].tolist() == pytest.approx([(0.05 - 1) / 2, (-0.02 - 0.5) / 2], rel=1e-5)
+    assert grads[0.5].tolist() == pytest.approx((grads[1.0] / 2).tolist(), rel=1e-6)
+
+
+def test_clipped_value_loss_by_hand():
+    """Guards against min for max in the value loss, a clip around 0 instead of the old value, and a missing 1/2.
+    V_old = 0, V = 0.5, R = 1, clip 0.1: unclipped (0.5 - 1)^2 = 0.25, clipped (0.1 - 1)^2 = 0.81; the larger
+    one is taken, and its gradient is 0 (the clipped value does not move with V)."""
+    values = torch.tensor([0.5, 0.0], requires_grad=True)
+    out = loss_of(torch.zeros(2), torch.tensor([1.0, -1.0]), values=values, old_values=torch.tensor([0.0, 0.0]),
+                  returns=torch.tensor([1.0, 0.0]), vf_coef=1.0, ent_coef=0.0)
+    assert out.v_loss.item() == pytest.approx(0.5 * (0.81 + 0.0) / 2, rel=1e-6)
+    out.loss.backward()
+    assert values.grad[0].item() == 0.0
+    # old value 0.45 puts V inside the clip range: then the unclipped error trains it
+    values = torch.tensor([0.5, 0.0], requires_grad=True)
+    out = loss_of(torch.zeros(2), torch.tensor([1.0, -1.0]), values=values, old_values=torch.tensor([0.45, 0.0]),
+                  returns=torch.tensor([1.0, 0.0]), vf_coef=1.0, ent_coef=0.0)
+    out.loss.backward()
+    assert values.grad[0].item() == pytest.approx((0.5 - 1) / 2, rel=1e-6)
+
+
+# --- the entropy bonus ----------------------------------------------------------------------------------------
+def test_the_entropy_term_alone_raises_entropy():
+    """Guards against a flipped entropy sign (the bonus would sharpen the policy instead)."""
+    logits = torch.tensor([2.0, 0.0, -1.0], requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=0.5)
+
+    def entropy():
+        p = torch.softmax(logits, 0)
+        return -(p * p.log()).sum()
+
+    before = entropy().item()
+    zeros = torch.zeros(4)
+    out = ppo_loss(zeros, zeros, zeros, torch.ones(4), zeros, zeros, zeros, entropy().expand(4),
+                   clip_coef=0.2, vf_clip_coef=0.1, vf_coef=0.0, ent_coef=1.0)
+    assert out.loss.item() == pytest.approx(-before, rel=1e-6)
+    out.loss.backward()
+    optimizer.step()
+    assert entropy().item() > before
+
+
+# --- the update around the loss (Trainer.learn) ---------------------------------------------------------------
+def test_gradients_are_clipped_to_max_grad_norm_at_the_optimizer_step():
+    """Guards against removing (or misplacing, after the step) the gradient-norm clip."""
+    trainer = Trainer(small_config(max_grad_norm=1e-3))
+    norms = []
+    step = trainer.optimizer.step
+
+    def step_and_measure(*args, **kwargs):
+        grads = [p.grad for p in trainer.policy.parameters() if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = step_and_measure
+    trainer.rollout()
+    metrics = trainer.learn()
+    assert norms and max(norms) == pytest.approx(1e-3, rel=1e-3)
+    assert metrics["grad_norm"] > 1e-2  # the logged norm is the one before clipping
+
+
+def test_learn_trains_the_critic_only_through_the_weighted_value_loss():
+    """Guards, at the trainer, against a value loss without gradient or a dropped value weight: the critic's
+    output layer moves with vf_coef > 0 and stays put with vf_coef 0 (nothing else reaches it)."""
+    moved = {}
+    for vf_coef in (0.0, 0.44):
+        trainer = Trainer(small_config(vf_coef=vf_coef))
+        before = trainer.policy.critic[-1].weight.detach().clone()
+        trainer.rollout()
+        trainer.learn()
+        moved[vf_coef] = not torch.equal(before, trainer.policy.critic[-1].weight)
+    assert moved == {0.0: False, 0.44: True}
+
+
+def test_prioritized_sampling_weights_reach_the_update(monkeypatch):
+    """Guards against importance weights that are computed but never used: with prio_alpha > 0 the update differs
+    from the same one with every weight forced to 1."""
+    import trainer.ppo as ppo_module
+
+    results = []
+    for force_ones in (False, True):
+        seen = []
+
+        def sample(*args, _force=force_ones, **kwargs):
+            index, weights = sample_segments(*args, **kwargs)
+            seen.append(weights)
+            return index, torch.ones_like(weights) if _force else weights
+
+        monkeypatch.setattr(ppo_module, "sample_segments", sample)
+        run = Trainer(small_config(prio_alpha=0.6, prio_beta0=0.4, update_epochs=2))
+        run.rollout()
+        assert all(math.isfinite(v) for v in run.learn().values())
+        assert any((w - 1).abs().max() > 1e-3 for w in seen)  # at alpha 0.6 the weights are not all 1
+        results.append(torch.cat([p.detach().flatten() for p in run.policy.parameters()]))
+    assert not torch.equal(results[0], results[1])
+
+
+def test_learn_raises_entropy_when_the_bonus_dominates():
+    """Guards, at the trainer, against passing the entropy weight with the wrong sign: with a large bonus and a
+    peaked policy, one update makes the policy less certain on the rollout it trained on."""
+    run = Trainer(small_config(ent_coef=5.0, vf_coef=0.0))
+    with torch.no_grad():
+        run.policy.actor[-1].embeddings.weight.mul_(30)  # peaked logits: entropy well below its maximum
+
+    def entropy():
+        run.policy.reset_memory()
+        with torch.no_grad():
+            td = run.policy(run.buffer.data.select("env_obs", "actions", "dones", "truncateds").clone())
+        return td["entropy"].mean().item()
+
+    run.rollout()
+    before = entropy()
+    run.learn()
+    assert entropy() > before + 0.01
