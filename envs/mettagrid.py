@@ -172,14 +172,16 @@ class MettaGridEnv:
         zeros = np.zeros(self.num_agents, bool)
         return self._output(np.zeros(self.num_agents, np.float32), zeros, zeros)
 
-    def step(self, actions: torch.Tensor) -> TensorDict:
-        """Apply `actions [num_agents, 2]` ((type, 0): 0.26's actions take no argument); reset finished episodes."""
+    def step(self, actions: torch.Tensor, final_obs: bool = False) -> TensorDict:
+        """Apply `actions [num_agents, 2]` ((type, 0): 0.26's actions take no argument); reset finished episodes.
+        With `final_obs`, also return `final_env_obs`: what each agent saw before its episode was reset."""
         if actions.shape != (self.num_agents, 2):
             raise ValueError(f"actions must have shape [{self.num_agents}, 2] (type, arg) per agent, got {tuple(actions.shape)}")
         self.actions[:] = actions[:, 0].cpu().numpy()
         for sim in self.sims:
             sim.step()
         rewards, dones, truncateds = self.rewards.copy(), self.terminals.copy(), self.truncations.copy()
+        final = torch.from_numpy(self.obs.copy()) if final_obs else None  # a restart overwrites its rows
         self.episode += np.stack([rewards, np.ones_like(rewards)], 1)
         for e in range(self.num_envs):
             rows = self._rows(e)
@@ -189,7 +191,10 @@ class MettaGridEnv:
                 self.finished[-1] += self.agents_per_env
                 self.episode[rows] = 0
                 self._start(e, self.cfg.max_steps)
-        return self._output(rewards, dones, truncateds)
+        td = self._output(rewards, dones, truncateds)
+        if final_obs:
+            td["final_env_obs"] = final.to(self.device)
+        return td
 
     def _output(self, rewards, dones, truncateds) -> TensorDict:
         return TensorDict({"env_obs": torch.from_numpy(self.obs.copy()), "rewards": torch.from_numpy(rewards),

@@ -64,6 +64,16 @@ class RecurrentPolicy(nn.Module):
         td["full_log_probs"] = log_probs
         return td
 
+    def value(self, td: TensorDict) -> torch.Tensor:
+        """V of an acting batch `[B]` from the stored memory, which is left as it was: the value of the observation
+        after a rollout's last step, or of the final observation a time limit cut (before its reset)."""
+        obs = td["env_obs"]
+        check_tokens(obs, self.spec)
+        saved = self.memory.get_memory()
+        h = self.memory.step(self.encoder(obs), td["dones"].bool() | td["truncateds"].bool(), _slice_key(td))
+        self.memory.set_memory(saved)
+        return self.critic(h).squeeze(-1).float()
+
     def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # fp32 softmax and values even under bf16 autocast: bf16 log-probs would make the PPO ratio noisy
         return torch.log_softmax(self.actor(h).float(), -1), self.critic(h).squeeze(-1).float()

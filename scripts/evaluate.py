@@ -1,6 +1,9 @@
 """Evaluate a checkpoint: run episodes with the trained policy, threading its LSTM state through each
 episode (reset at episode starts), and print the mean return and task statistics.
 
+The memory follows the checkpoint's training semantics: with --memory reset (Metta's) the state is also wiped
+every bptt steps, as every rollout started from zero state; with --memory carry it never is.
+
     python scripts/evaluate.py runs/nav_fast_0/checkpoint.pt --episodes 100 --replay
 """
 
@@ -49,13 +52,18 @@ def evaluate(args: Args) -> dict[str, float]:
         raise ValueError(f"--replay draws our gridworld's maps; {cfg.env} is not one: leave --replay out")
     policy = apply_faults(make_policy(cfg.policy, env, **cfg.policy_options), cfg.fault_set).to(args.device)
     policy.load_state_dict(state["policy"])
-    policy.reset_memory()
     td = env.reset()
     finished, totals, replaying = 0, {}, args.replay
     if replaying:
         print(LEGEND + "\n" + render(env, 0))
+    wipe_every = cfg.bptt if cfg.memory == "reset" else 0
+    print(f"memory: {cfg.memory}, as trained" + (f" (wiped every {wipe_every} steps)" if wipe_every else ""))
+    step = 0
     with torch.no_grad():
         while finished < args.episodes:
+            if wipe_every and step % wipe_every == 0:  # where each training rollout began from zero state
+                policy.reset_memory()
+            step += 1
             td["training_env_id_start"] = torch.zeros(len(td), dtype=torch.long, device=env.device)
             td = env.step(policy(td)["actions"])  # the policy zeroes a row's state when its episode restarts
             if replaying:

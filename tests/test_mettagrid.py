@@ -43,13 +43,15 @@ def test_adapter_agrees_with_the_package_step_by_step():
     rng, rewarded, truncated = np.random.default_rng(0), 0.0, 0
     for _ in range(40):  # two episode ends, with automatic resets
         actions = rng.integers(0, 5, env.num_agents)
-        td = env.step(torch.stack([torch.from_numpy(actions), torch.zeros(env.num_agents, dtype=torch.long)], 1))
-        rewards, truncs = [], []
+        td = env.step(torch.stack([torch.from_numpy(actions), torch.zeros(env.num_agents, dtype=torch.long)], 1),
+                      final_obs=True)
+        rewards, truncs, finals = [], [], []
         for e, sim in enumerate(sims):
             sim._c_sim.actions()[:] = actions[e * A:(e + 1) * A]
             sim.step()
             rewards.append(sim._c_sim.rewards().copy())
             truncs.append(sim._c_sim.truncations().copy())
+            finals.append(sim._c_sim.observations().copy())  # before any reset: what the episode ended on
             if sim.is_done():
                 sim.close()
                 sims[e] = start(e)
@@ -57,6 +59,7 @@ def test_adapter_agrees_with_the_package_step_by_step():
         assert np.array_equal(td["truncateds"].numpy(), np.concatenate(truncs))
         assert not td["dones"].any()  # the time limit is a truncation
         assert np.array_equal(td["env_obs"].numpy(), np.concatenate([s._c_sim.observations() for s in sims]))
+        assert np.array_equal(td["final_env_obs"].numpy(), np.concatenate(finals))
         rewarded += float(td["rewards"].sum())
         truncated += int(td["truncateds"].sum())
     assert rewarded > 0 and truncated == 2 * env.num_agents

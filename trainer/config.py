@@ -12,6 +12,8 @@ from envs.config import unknown_options
 from trainer.collapse.faults import parse_faults
 
 SAMPLING = ("prioritized", "shuffled")
+MEMORY = ("reset", "carry")
+TRUNCATION_BOOTSTRAP = ("previous", "final")
 
 
 @dataclass
@@ -32,6 +34,17 @@ class TrainConfig:
     """Steps per segment: the rollout length and the training unroll."""
     minibatch_size: int = 4096
     """Agent steps per minibatch; a multiple of bptt that divides the batch (agents x bptt)."""
+    memory: str = "reset"
+    """Recurrent state across rollouts: reset (Metta's: every rollout, and every training segment, starts from zero
+    state) or carry (each agent's state continues from one rollout into the next, still zeroed at episode starts;
+    training starts every segment from the state acting started it from)."""
+    horizon_bootstrap: bool = False
+    """Value the observation after the rollout's last step (with the state the rollout ended in), so the last column
+    of every segment gets a real advantage and return; off: its advantage is 0 (Metta's)."""
+    truncation_bootstrap: str = "previous"
+    """What a time-limit truncation bootstraps from: previous (V of the last state before the limit, Metta's) or
+    final (V of the final observation the limit cut, with the memory before its reset: one more forward per
+    acting step)."""
     update_epochs: int = 1
     """Passes over each rollout."""
     learning_rate: float = 4.57e-4
@@ -136,6 +149,9 @@ class TrainConfig:
              f"minibatch_size of bptt x a divisor of {num_agents}")
         need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
         need(self.sampling in SAMPLING, f"sampling={self.sampling!r}: choose one of {SAMPLING}")
+        need(self.memory in MEMORY, f"memory={self.memory!r}: choose one of {MEMORY}")
+        need(self.truncation_bootstrap in TRUNCATION_BOOTSTRAP,
+             f"truncation_bootstrap={self.truncation_bootstrap!r}: choose one of {TRUNCATION_BOOTSTRAP}")
         need(self.prio_alpha >= 0 and 0 <= self.prio_beta0 <= 1, "prio_alpha must be >= 0 and prio_beta0 in [0, 1]")
         need(self.update_epochs >= 1 and self.learning_rate > 0, "update_epochs must be >= 1 and learning_rate > 0")
         need(self.checkpoint_interval >= 1, "checkpoint_interval must be at least 1")

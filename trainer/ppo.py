@@ -50,7 +50,10 @@ class Trainer:
         if cfg.compile:
             self.policy.compile_parts()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
-        self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device)
+        memory = self.policy.memory
+        self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device,
+                                      (memory.num_layers, memory.hidden_size))
+        self.carried: dict = {}  # carry mode: the memory the last rollout ended with, where the next one starts
         self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)
         self.batch_size = self.buffer.batch_size
         self.minibatch_segments = cfg.minibatch_size // cfg.bptt
@@ -64,9 +67,14 @@ class Trainer:
 
     # --- one update ---------------------------------------------------------------------------------
     def rollout(self) -> None:
-        """Act bptt steps with every agent from zero memory, storing each step in the buffer."""
+        """Act bptt steps with every agent, storing each step in the buffer. The memory starts from zero (reset) or
+        from where the last rollout left it (carry)."""
+        cfg, final = self.cfg, self.cfg.truncation_bootstrap == "final"
         self.policy.reset_memory()
         self.buffer.reset()
+        if cfg.memory == "carry":  # the state the last rollout ended in (zeros before the first), kept with the rows
+            self.policy.set_memory(self.carried)
+            self.buffer.store_initial_state(0, *self.carried.get(0, self.zero_state()))
         td = self.next_obs
         with torch.no_grad():
             while not self.buffer.ready:
@@ -74,9 +82,29 @@ class Trainer:
                 with self.autocast():
                     td = self.policy(td)
                 self.buffer.store(td, start=0)
-                td = self.env.step(td["actions"])
+                td = self.env.step(td["actions"], **({"final_obs": True} if final else {}))
+                if final:  # valued now, while the memory still holds the episode the time limit cut
+                    td["final_values"] = self.value(td["final_env_obs"])
+            if cfg.horizon_bootstrap:  # the step after the last column, valued with the state the rollout ended in
+                value = self.value(td["env_obs"], td["dones"] | td["truncateds"])
+                self.buffer.store_horizon(td.exclude("env_obs").set("values", value), start=0)
+        if cfg.memory == "carry":
+            self.carried = self.policy.get_memory()
         self.next_obs = td
         self.global_step += self.batch_size
+
+    def value(self, obs: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+        """V of one acting step's observations from the current memory, which stays as it is; `starts` marks the
+        rows whose episode begins with this observation (their state is zeroed first)."""
+        starts = torch.zeros(len(obs), dtype=torch.bool, device=obs.device) if starts is None else starts
+        td = TensorDict({"env_obs": obs, "dones": starts, "truncateds": torch.zeros_like(starts)}, batch_size=[len(obs)])
+        with self.autocast():
+            return self.policy.value(td)
+
+    def zero_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        memory = self.policy.memory
+        zeros = torch.zeros(memory.num_layers, self.env.num_agents, memory.hidden_size, device=self.device)
+        return zeros, zeros
 
     def learn(self) -> dict[str, float]:
         """One PPO update on the rollout in the buffer; returns the update's mean statistics."""
@@ -88,6 +116,8 @@ class Trainer:
         for _ in range(cfg.update_epochs):
             for index, weights, advantages in self.minibatches(vtrace_ratio):
                 self.policy.reset_memory()
+                if cfg.memory == "carry":  # each segment starts from the state acting started it from
+                    self.policy.set_memory({0: self.buffer.state_of(index)})
                 minibatch = data[index]
                 with self.autocast():
                     new = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
@@ -121,10 +151,16 @@ class Trainer:
         return lr
 
     def advantages(self, vtrace_ratio: torch.Tensor) -> torch.Tensor:
-        """GAE with V-trace clipping of every step in the buffer (trainer/advantage.py)."""
-        cfg, data = self.cfg, self.buffer.data
-        return compute_advantages(data["values"], data["rewards"], data["dones"], data["truncateds"], vtrace_ratio,
-                                  cfg.gamma, cfg.gae_lambda, cfg.rho_clip, cfg.c_clip)
+        """GAE with V-trace clipping of every step in the buffer (trainer/advantage.py). With the horizon bootstrap
+        the step after the last column joins as one more column, so the last column gets a real advantage."""
+        cfg, data, T = self.cfg, self.buffer.data, self.cfg.bptt
+        x = {k: data[k] for k in ("values", "rewards", "dones", "truncateds", "final_values")}
+        if cfg.horizon_bootstrap:
+            x = {k: torch.cat([v, self.buffer.horizon[k][:, None]], 1) for k, v in x.items()}
+            vtrace_ratio = torch.cat([vtrace_ratio, torch.ones_like(vtrace_ratio[:, :1])], 1)  # never read: no successor
+        final = x["final_values"] if cfg.truncation_bootstrap == "final" else None
+        return compute_advantages(x["values"], x["rewards"], x["dones"], x["truncateds"], vtrace_ratio,
+                                  cfg.gamma, cfg.gae_lambda, cfg.rho_clip, cfg.c_clip, final)[:, :T]
 
     def minibatches(self, vtrace_ratio: torch.Tensor):
         """One epoch of minibatches: (segment index, importance weights, the segments' advantages). Each minibatch's
@@ -228,7 +264,9 @@ class Trainer:
             "config": dataclasses.asdict(self.cfg.replace(resume="")),
             "update": self.update, "global_step": self.global_step,
             "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "env": self.env.state_dict(), "next_obs": self.next_obs.select("env_obs", "rewards", "dones", "truncateds").to_dict(),
+            "env": self.env.state_dict(), "carried": self.carried,
+            "next_obs": self.next_obs.select("env_obs", "rewards", "dones", "truncateds", "final_values",
+                                             strict=False).to_dict(),
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
@@ -240,7 +278,8 @@ class Trainer:
         self.env.load_state_dict(state["env"])
         if self.env.exact_resume:
             self.next_obs = TensorDict(state["next_obs"], batch_size=[self.env.num_agents]).to(self.device)
-        else:  # the env restarted its episodes on load
+            self.carried = {k: (h.to(self.device), c.to(self.device)) for k, (h, c) in state.get("carried", {}).items()}
+        else:  # the env restarted its episodes on load: no memory to carry into them
             self.next_obs = self.env.reset()
         torch.set_rng_state(state["rng"]["torch"])
         self.sampler.set_state(state["rng"]["sampler"])
