@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import tyro
 
+from trainer.runs import read_scalars
+
 
 @dataclass
 class Args:
@@ -34,16 +36,6 @@ class Args:
     """Draw a dashed reference line at this value (e.g. chance)."""
     hline_label: str = "chance"
     """Legend label of the reference line."""
-
-
-def read_scalars(run: str) -> dict[str, tuple[list[int], list[float]]]:
-    """Every scalar a TensorBoard run logged: tag -> (steps, values)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(run, size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: ([p.step for p in events.Scalars(tag)], [p.value for p in events.Scalars(tag)])
-            for tag in events.Tags()["scalars"]}
 
 
 def main(args: Args) -> None:

@@ -1,5 +1,6 @@
 """The collapse study's rule (trainer/collapse/verdict.py) on synthetic curves, and scripts/reproduce_collapse.py
-end to end: a crash reported, its outputs written, an interrupted study resumed without redoing finished runs."""
+on trainer/runs.py end to end: a crash reported, its outputs written, an interrupted study resumed without redoing
+finished runs."""
 
 import os
 import sys
@@ -154,13 +155,14 @@ def test_a_run_stopped_by_ctrl_c_or_a_signal_writes_no_row(tmp_path, monkeypatch
     import subprocess
     import threading
 
-    s = study()
-    args = s.Args(out=str(tmp_path))
+    from trainer import runs
+
     for code in (130, -9, 1):
-        monkeypatch.setattr(s.subprocess, "run", lambda *a, _c=code, **k: subprocess.CompletedProcess(a, _c, "", "boom"))
-        row = s.train(args, "fixed", code % 7, 1, threading.Lock())
+        monkeypatch.setattr(runs.subprocess, "run", lambda *a, _c=code, **k: subprocess.CompletedProcess(a, _c, "", "boom"))
+        row = runs.train(str(tmp_path), runs.Study(), "fixed", [], code % 7, 1, False, threading.Lock())
         assert (row is None) == (code != 1)
-    assert list(s.read_runs(str(tmp_path))) == [("fixed", 1)] and s.read_runs(str(tmp_path))[("fixed", 1)]["error"] == "boom"
+    assert list(runs.read_runs(str(tmp_path))) == [("fixed", 1)]
+    assert runs.read_runs(str(tmp_path))[("fixed", 1)]["error"] == "boom"
 
 
 def test_train_py_exits_130_after_a_ctrl_c(tmp_path):

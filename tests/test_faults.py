@@ -1,6 +1,9 @@
 """Each fault of trainer/collapse/faults.py does what its paragraph says, and the default configuration has none."""
 
 import importlib
+import os
+import runpy
+import sys
 
 import pytest
 import torch
@@ -49,6 +52,22 @@ def test_every_fault_overrides_exactly_the_correct_code_the_catalogue_names(name
         owner = getattr(owner, attr)  # the correct code it names exists there
     assert fault.origin in ("history", "audit") and len(fault.what.split()) > 20
     assert overrides(apply_faults(make_policy("fast", ARENA), name)) == [qualname]
+
+
+def test_parse_faults_expands_presets_and_rejects_unknown_or_inapplicable_names(monkeypatch):
+    assert parse_faults("") == frozenset()
+    assert parse_faults("no_relu, no_detach") == {"no_relu", "no_detach"}
+    assert parse_faults("prefix,no_detach") == {*PRESETS["prefix"], "no_detach"}
+    with pytest.raises(ValueError, match=r"unknown fault 'no_reul'; choose from \['bptt_reshape'"):
+        parse_faults("no_reul")
+    with pytest.raises(ValueError, match="fault 'no_relu' applies to the policies \\['fast'\\], not 'example'"):
+        parse_faults("no_relu", "example")
+    with pytest.raises(ValueError, match="unknown fault 'nope'"):
+        Trainer(small_config(faults="nope"))
+    with pytest.raises(SystemExit, match="unknown fault 'nope'"):  # --faults on the command line: the same, no traceback
+        monkeypatch.setattr(sys, "argv", ["train.py", "--faults", "nope", "--env", "nav"])
+        runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "train.py"),
+                       run_name="__main__")
 
 
 def test_memoryless_rollout_acts_from_zero_state():
