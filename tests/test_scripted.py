@@ -24,3 +24,31 @@ def test_scripted_player_scores_near_the_best_and_far_above_random(task, maps, e
 def test_scripted_player_refuses_an_env_whose_state_it_cannot_read():
     with pytest.raises(ValueError, match="reads our gridworld's state"):
         ScriptedPlayer(object())
+
+
+def test_learning_bench_reports_fractions_of_the_scripted_score_and_the_time_to_reach_them(tmp_path):
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import learning_bench
+
+    (tmp_path / "reference.json").write_text(json.dumps({"scripted": 2.0, "random": 0.2}))
+    (tmp_path / "runs.csv").write_text("config,seed,seconds,error,commit,machine,command\n"
+                                       "a,0,1,,x,m,c\na,1,1,,x,m,c\n")
+    tags = ["charts/SPS", "episode/return", "losses/approx_kl", "losses/clipfrac", "losses/explained_variance"]
+    lines = ["config,seed,step," + ",".join(tags)]
+    for seed, rise_at in ((0, 3), (1, 5)):  # 1,000 steps and 1,000 steps/s per update: one second each
+        for i in range(10):
+            ret = 1.9 if i >= rise_at else 0.2
+            lines.append(f"a,{seed},{1000 * (i + 1)},1000,{ret},0.01,0.1,0.5")
+    (tmp_path / "curves.csv").write_text("\n".join(lines) + "\n")
+    rows, scores, _ = learning_bench.task_rows("nav", str(tmp_path), 0.1)
+    (row,) = rows
+    assert row["final"] == (0.95, 0.0) and row["best"] == (0.95, 0.0)
+    # 50% and 90% of 2.0 are first reached at update 4 (seed 0) and 6 (seed 1): steps 5,000 on average, 5 s
+    assert row["to50%"] == (5000, 5 / 60) and row["to90%"] == (5000, 5 / 60)
+    assert (row["ev"], row["kl"], row["clip"]) == (0.5, 0.01, 0.1)
+    text = learning_bench.table([(rows, scores)], "header")
+    assert "| nav | a | 2 | 95% ± 0% | 95% ± 0% | 0.01M, 0.1 |" in text and "random 0.200 (10%)" in text
