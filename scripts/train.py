@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
-from trainer.ppo import Trainer  # noqa: E402
+from trainer.ppo import NonFiniteError, Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,10 @@ def main() -> None:
     print(f"{c.policy} on {c.env}: {trainer.env.num_agents} agents, batch {trainer.batch_size:,}, "
           f"minibatch {c.minibatch_size:,}, {trainer.num_updates} updates, device {trainer.device}, "
           f"logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else ""))
-    trainer.train()
+    try:
+        trainer.train()
+    except NonFiniteError as e:
+        sys.exit(f"error: {e}")
     print(f"saved {trainer.checkpoint_path}")
     if trainer.interrupted:
         sys.exit(130)  # the shell's code for a Ctrl-C: whoever started the run can tell it did not finish

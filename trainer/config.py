@@ -13,6 +13,7 @@ from trainer.collapse.faults import parse_faults
 
 SAMPLING = ("prioritized", "shuffled")
 MEMORY = ("reset", "carry")
+NONFINITE = ("stop", "skip")
 TRUNCATION_BOOTSTRAP = ("previous", "final")
 
 
@@ -91,6 +92,10 @@ class TrainConfig:
     losses and the optimizer stay fp32."""
     compile: bool = False
     """torch.compile the policy's encoder and heads (the first update then takes tens of seconds longer)."""
+    nonfinite: str = "stop"
+    """A loss, gradient norm or weight that is not a finite number: stop (end the run with an error naming the
+    update, the quantity and the last good checkpoint, which is never overwritten) or skip (skip that minibatch's
+    step and count it in losses/skipped_minibatches; one read from the device per minibatch)."""
     seed: int = 0
     """Seeds the env, the policy's initialisation and sampling, and minibatch sampling."""
     device: str = "auto"
@@ -150,6 +155,7 @@ class TrainConfig:
         need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
         need(self.sampling in SAMPLING, f"sampling={self.sampling!r}: choose one of {SAMPLING}")
         need(self.memory in MEMORY, f"memory={self.memory!r}: choose one of {MEMORY}")
+        need(self.nonfinite in NONFINITE, f"nonfinite={self.nonfinite!r}: choose one of {NONFINITE}")
         need(self.truncation_bootstrap in TRUNCATION_BOOTSTRAP,
              f"truncation_bootstrap={self.truncation_bootstrap!r}: choose one of {TRUNCATION_BOOTSTRAP}")
         need(self.prio_alpha >= 0 and 0 <= self.prio_beta0 <= 1, "prio_alpha must be >= 0 and prio_beta0 in [0, 1]")

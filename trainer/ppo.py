@@ -33,6 +33,10 @@ from trainer.host_memory import keep_freed_memory
 from trainer.loss import ppo_loss
 
 
+class NonFiniteError(RuntimeError):
+    """A loss, the gradient norm or a weight stopped being a finite number."""
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         if cfg.resume:
@@ -61,6 +65,7 @@ class Trainer:
         self.update = 0
         self.global_step = 0
         self.interrupted = False  # the last train() stopped at a Ctrl-C
+        self.saved_update: int | None = None  # the update of the checkpoint at checkpoint_path, once written
         self.next_obs = self.env.reset()
         if cfg.resume:
             self.load_state_dict(saved)
@@ -113,6 +118,7 @@ class Trainer:
         vtrace_ratio = torch.ones_like(data["values"])  # π/μ per step, as the last minibatch that held it left it
         returns = self.advantages(vtrace_ratio) + data["values"]
         stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        finite: list[torch.Tensor] = []  # per minibatch: are its losses and gradient norm finite numbers
         for _ in range(cfg.update_epochs):
             for index, weights, advantages in self.minibatches(vtrace_ratio):
                 self.policy.reset_memory()
@@ -129,6 +135,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                checks = torch.stack([out.pg_loss, out.v_loss, out.entropy, grad_norm]).isfinite()
+                if cfg.nonfinite == "stop":
+                    finite.append(checks)  # read with the statistics when the update ends
+                elif not checks.all():  # skip: one read per minibatch
+                    stats["skipped_minibatches"].append(torch.ones(()))
+                    continue
                 self.optimizer.step()
                 self.policy.clip_weights()
 
@@ -139,9 +151,30 @@ class Trainer:
                              ("approx_kl", out.approx_kl), ("grad_norm", grad_norm), ("clipfrac", out.clipfrac)):
                     stats[k].append(v.detach())  # statistics stay on the device until the update ends
         stats["explained_variance"].append(explained_variance(data["values"], returns))
+        stats["skipped_minibatches"].append(torch.zeros(()))  # summed, not averaged, below
+        weights = torch.stack([p.isfinite().all() for p in self.policy.parameters()])
+        means = [torch.stack(v).float().mean() if k != "skipped_minibatches" else torch.stack(v).sum()
+                 for k, v in stats.items()]
+        read = torch.cat([torch.stack(means), *finite, weights]).tolist()  # the one read back
+        self.check_finite(read[len(means):], len(finite))
         self.update += 1
-        means = torch.stack([torch.stack(v).float().mean() for v in stats.values()]).tolist()  # the one read back
-        return {**dict(zip(stats, means)), "learning_rate": lr}
+        return {**dict(zip(stats, read[:len(means)])), "learning_rate": lr}
+
+    def check_finite(self, flags: list[float], minibatches: int) -> None:
+        """Stop at the first quantity that is not a finite number (NonFiniteError), before anything is saved."""
+        names = ("the policy loss", "the value loss", "the entropy", "the gradient norm")
+        bad = [i for i, ok in enumerate(flags) if not ok]
+        if not bad:
+            return
+        if bad[0] < 4 * minibatches:
+            what = f"{names[bad[0] % 4]} of minibatch {bad[0] // 4 + 1} of {minibatches}"
+        else:
+            what = f"the weights ({next(n for n, p in self.policy.named_parameters() if not p.isfinite().all())})"
+        saved = (f"the last good checkpoint is {self.checkpoint_path} (update {self.saved_update})"
+                 if self.saved_update is not None else "no checkpoint was saved yet")
+        raise NonFiniteError(f"update {self.update + 1}: {what} is not a finite number. The run stopped without saving: "
+                             f"{saved}. Lower --learning-rate or --max-grad-norm, or pass --nonfinite skip to skip "
+                             "such minibatches")
 
     def set_learning_rate(self) -> float:
         """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr."""
@@ -289,6 +322,8 @@ class Trainer:
     def save(self, path: str | None = None) -> str:
         path = path or self.checkpoint_path
         save_checkpoint(path, self.state_dict())
+        if path == self.checkpoint_path:
+            self.saved_update = self.update
         return path
 
 
