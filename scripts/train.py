@@ -11,6 +11,7 @@ overrides it. Logs go to TensorBoard (tensorboard --logdir runs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -29,8 +30,8 @@ def main() -> None:
     known, rest = pre.parse_known_args()
     cfg = tyro.cli(TrainConfig, default=PRESETS[known.preset], args=rest, description=__doc__)
     try:
-        trainer = Trainer(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+        trainer = Trainer(cfg, given=options_given(rest))
+    except (ValueError, FileNotFoundError, ImportError, OSError) as e:
         sys.exit(f"error: {e}")
     c = trainer.cfg
     print(f"{c.policy} on {c.env}: {trainer.env.num_agents} agents, batch {trainer.batch_size:,}, "
@@ -38,11 +39,19 @@ def main() -> None:
           f"logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else ""))
     try:
         trainer.train()
-    except NonFiniteError as e:
+    except (NonFiniteError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"saved {trainer.checkpoint_path}")
     if trainer.interrupted:
-        sys.exit(130)  # the shell's code for a Ctrl-C: whoever started the run can tell it did not finish
+        sys.exit(128 + trainer.interrupted)  # the shell's code for the signal: whoever started the run can tell
+
+
+def options_given(args: list[str]) -> tuple[str, ...]:
+    """The TrainConfig fields named on the command line (--total-steps -> total_steps, --no-bf16 -> bf16)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = [a[2:].split("=")[0].replace("-", "_") for a in args if a.startswith("--")]
+    return tuple(n if n in fields else n.removeprefix("no_") for n in names
+                 if n in fields or n.removeprefix("no_") in fields)
 
 
 if __name__ == "__main__":

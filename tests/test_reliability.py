@@ -44,3 +44,72 @@ def test_skip_mode_skips_and_counts_the_bad_minibatches(tmp_path, monkeypatch):
     history = run.train(quiet=True)
     assert [h["skipped_minibatches"] for h in history] == [0, 0, 0, 2, 0, 0]
     assert all(torch.isfinite(p).all() for p in run.policy.parameters())
+
+
+def test_a_failing_checkpoint_write_keeps_the_previous_one_and_says_why(tmp_path, monkeypatch):
+    import trainer.checkpoint as checkpoint
+
+    run = Trainer(small_config(log_dir=str(tmp_path)))
+    run.train(updates=1, quiet=True)
+    before = (tmp_path / "nav_fast_0" / "checkpoint.pt").read_bytes()
+
+    def full_disk(obj, path):
+        open(path, "wb").write(b"half a checkp")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write the checkpoint .*checkpoint.pt \(PytorchStreamWriter failed"
+                                      r".*\); the previous checkpoint there, if any, is intact"):
+        run.train(updates=1, quiet=True)
+    assert (tmp_path / "nav_fast_0" / "checkpoint.pt").read_bytes() == before
+    assert not (tmp_path / "nav_fast_0" / "checkpoint.pt.tmp").exists()
+
+
+CLI = ["--env", "nav", "--preset", "cpu", "--num-envs", "8", "--bptt", "16", "--minibatch-size", "64",
+       "--env-overrides", "max_steps", "10", "--torch-threads", "1", "--checkpoint-interval", "1000"]
+
+
+def train_cli(tmp_path, *args, stop_with=None):
+    """scripts/train.py in a subprocess; with `stop_with`, that signal once update 2 has been printed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "train.py")
+    run = subprocess.Popen([sys.executable, script, "--log-dir", str(tmp_path), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in run.stdout:
+        lines.append(line)
+        if stop_with is not None and line.startswith("update 2/"):
+            run.send_signal(stop_with)
+            stop_with = None
+    return run.wait(timeout=120), "".join(lines)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_mid_run_saves_and_the_resumed_run_ends_like_an_uninterrupted_one(tmp_path, name):
+    import signal
+
+    number = getattr(signal, name)
+    budget = ["--total-steps", str(8 * 16 * 12)]
+    code, out = train_cli(tmp_path, *CLI, *budget, "--run-name", "cut", stop_with=number)
+    assert code == 128 + number and f"{name}: finishing this update" in out and "continue with --resume" in out
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    assert 2 <= load_checkpoint(str(checkpoint))["update"] < 12
+    code, out = train_cli(tmp_path, "--resume", str(checkpoint), "--torch-threads", "1", "--run-name", "cut")
+    assert code == 0, out
+    assert train_cli(tmp_path, *CLI, *budget, "--run-name", "straight")[0] == 0
+    cut, straight = (load_checkpoint(str(tmp_path / n / "checkpoint.pt")) for n in ("cut", "straight"))
+    assert cut["update"] == straight["update"] == 12
+    assert all(torch.equal(cut["policy"][k], straight["policy"][k]) for k in straight["policy"])
+
+
+def test_resume_extends_a_finished_run_and_refuses_options_that_would_change_it(tmp_path):
+    code, _ = train_cli(tmp_path, *CLI, "--total-steps", str(8 * 16 * 2), "--run-name", "r")
+    checkpoint = str(tmp_path / "r" / "checkpoint.pt")
+    code, out = train_cli(tmp_path, "--resume", checkpoint, "--total-steps", str(8 * 16 * 4), "--run-name", "r")
+    assert code == 0 and "resumed at update 2" in out and load_checkpoint(checkpoint)["update"] == 4
+    code, out = train_cli(tmp_path, "--resume", checkpoint, "--num-envs", "16", "--learning-rate", "0.1")
+    assert code == 1 and "['learning_rate', 'num_envs'] cannot change on resume" in out

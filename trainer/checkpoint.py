@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
@@ -12,10 +13,17 @@ FORMAT = "minippo-checkpoint-1"
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write `state` to `path`; OSError naming the path and the cause if it cannot (the previous file stays)."""
     tmp = f"{path}.tmp"
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(f"could not write the checkpoint {path} ({str(e)[:200]}); the previous checkpoint there, if "
+                      "any, is intact: free space or fix the permissions, then resume from it") from None
 
 
 def load_checkpoint(path: str) -> dict:

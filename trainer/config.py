@@ -4,6 +4,7 @@ section 5) scaled to one machine; `PRESETS` holds the CPU and GPU sizes."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +13,8 @@ from envs.config import unknown_options
 from trainer.collapse.faults import parse_faults
 
 SAMPLING = ("prioritized", "shuffled")
+# what a resumed run may change: its length, where and when it saves, how it runs; nothing it computes
+RESUMABLE = ("total_steps", "checkpoint_interval", "log_dir", "run_name", "torch_threads", "compile", "nonfinite")
 MEMORY = ("reset", "carry")
 NONFINITE = ("stop", "skip")
 TRUNCATION_BOOTSTRAP = ("previous", "final")
@@ -174,6 +177,16 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def resumed(self, saved: dict, given: Iterable[str] = ()) -> TrainConfig:
+        """The checkpoint's configuration `saved`, with the options named in `given` (those set on purpose beside
+        resume) taken from this one where a resumed run can change them; ValueError naming the others."""
+        refused = sorted(set(given) - set(RESUMABLE) - {"resume"})
+        if refused:
+            raise ValueError(f"--resume continues the saved run as it was configured; {refused} cannot change on "
+                             f"resume (only {list(RESUMABLE)} can): leave them out, or start a new run")
+        return TrainConfig.from_dict(saved).replace(resume=self.resume, **{k: getattr(self, k) for k in given
+                                                                            if k in RESUMABLE})
 
 
 PRESETS = {

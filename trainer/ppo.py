@@ -38,10 +38,13 @@ class NonFiniteError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, given: tuple[str, ...] = ()):
+        """`cfg.resume` continues a checkpoint with its saved configuration; `given` names the options of `cfg` set
+        on purpose beside it (scripts/train.py passes the command line's), applied where a resumed run can change
+        them (TrainConfig.resumed), refused with a ValueError otherwise."""
         if cfg.resume:
             saved = load_checkpoint(cfg.resume)
-            cfg = TrainConfig.from_dict(saved["config"]).replace(resume=cfg.resume)
+            cfg = cfg.resumed(saved["config"], given)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         keep_freed_memory()  # no page faults on the buffers every step reallocates (trainer/host_memory.py)
@@ -64,7 +67,7 @@ class Trainer:
         self.num_updates = cfg.total_steps // self.batch_size
         self.update = 0
         self.global_step = 0
-        self.interrupted = False  # the last train() stopped at a Ctrl-C
+        self.interrupted = 0  # the signal (SIGINT, SIGTERM) the last train() stopped at, or 0
         self.saved_update: int | None = None  # the update of the checkpoint at checkpoint_path, once written
         self.next_obs = self.env.reset()
         if cfg.resume:
@@ -233,7 +236,8 @@ class Trainer:
     def train(self, updates: int | None = None, quiet: bool = False) -> list[dict[str, float]]:
         """Run `updates` more updates (default: to total_steps), logging and checkpointing; return the metrics.
 
-        The first Ctrl-C finishes the current update, saves a checkpoint and stops; a second one aborts."""
+        The first Ctrl-C or SIGTERM (a cluster's preemption) finishes the current update, saves a checkpoint and
+        stops, leaving the signal's number in `interrupted`; a second signal aborts."""
         from torch.utils.tensorboard import SummaryWriter
 
         last = self.num_updates if updates is None else min(self.num_updates, self.update + updates)
@@ -243,10 +247,11 @@ class Trainer:
         def on_interrupt(signum, frame):
             if interrupted:
                 raise KeyboardInterrupt
-            interrupted.append(True)
-            print("Ctrl-C: finishing this update, then saving a checkpoint (Ctrl-C again to abort)", flush=True)
+            interrupted.append(signum)
+            print(f"{signal.Signals(signum).name}: finishing this update, then saving a checkpoint (a second signal "
+                  "aborts)", flush=True)
 
-        previous = signal.signal(signal.SIGINT, on_interrupt)
+        previous = {s: signal.signal(s, on_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
         history, episode = [], {}
         start_time, start_step = time.perf_counter(), self.global_step
         try:
@@ -264,10 +269,11 @@ class Trainer:
                 if self.update % self.cfg.checkpoint_interval == 0:
                     self.save()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             writer.close()
         self.save()
-        self.interrupted = bool(interrupted)
+        self.interrupted = interrupted[0] if interrupted else 0
         if interrupted and not quiet:
             print(f"interrupted: saved {self.checkpoint_path}; continue with --resume {self.checkpoint_path}")
         return history

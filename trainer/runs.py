@@ -85,7 +85,8 @@ def finished(out: str, runs: dict, config: str, seed: int) -> bool:
 def train(out: str, study: Study, name: str, options: list[str], seed: int, threads: int,
           keep_checkpoints: bool, ledger: threading.Lock) -> dict | None:
     """One run of train.py, from scratch; its row goes to runs.csv when it ends (a crash is a finished run too).
-    A run stopped by Ctrl-C (exit code 130) or killed by a signal writes no row: None, and the next call redoes it."""
+    A run stopped by Ctrl-C or SIGTERM (exit code 130, 143) or killed by a signal writes no row: None, and the next
+    call redoes it."""
     run_dir = os.path.join(out, f"{name}_seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again: a curve is never appended to
     os.makedirs(run_dir)
@@ -99,7 +100,7 @@ def train(out: str, study: Study, name: str, options: list[str], seed: int, thre
         log.flush()
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True)
         log.write(done.stderr)
-    if done.returncode == 130 or done.returncode < 0:
+    if done.returncode in (130, 143) or done.returncode < 0:  # SIGINT, SIGTERM, or killed: not finished
         return None
     error = ""
     if done.returncode != 0:
