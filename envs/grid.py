@@ -38,6 +38,16 @@ def take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.gather(0, index.reshape(-1)).view(index.shape)
 
 
+def check_actions(actions, num_agents: int) -> None:
+    """ValueError unless `actions` is an integer tensor [num_agents, 2] (on any device; out-of-range pairs are
+    valid input: the env counts them as invalid actions)."""
+    if not isinstance(actions, torch.Tensor) or actions.dtype.is_floating_point or actions.dtype == torch.bool:
+        got = f"{actions.dtype} tensor" if isinstance(actions, torch.Tensor) else type(actions).__name__
+        raise ValueError(f"actions must be an integer tensor [{num_agents}, 2] of (type, arg) per agent, got a {got}")
+    if actions.shape != (num_agents, 2):
+        raise ValueError(f"actions must have shape [{num_agents}, 2] (type, arg) per agent, got {tuple(actions.shape)}")
+
+
 class GridEnv:
     """`num_envs` maps × `agents_per_env` agents; agent i of map e is batch row e * agents_per_env + i."""
 
@@ -271,8 +281,7 @@ class GridEnv:
         With `final_obs`, also return `final_env_obs`: the observation each agent would have seen had its
         episode not been reset (what gymnasium's same-step autoreset reports)."""
         E, A_, dev = self.num_envs, self.agents_per_env, self.device
-        if actions.shape != (self.num_agents, 2):
-            raise ValueError(f"actions must have shape [{self.num_agents}, 2] (type, arg) per agent, got {tuple(actions.shape)}")
+        check_actions(actions, self.num_agents)
         act = actions.to(dev, torch.long).view(E, A_, 2)
         typ, arg = act[..., 0], act[..., 1]
         agents = self.obj[:, 3:3 + A_]  # a view: writes go to the table

@@ -20,6 +20,7 @@ import torch
 from tensordict import TensorDict
 
 from envs.config import unknown_options
+from envs.grid import check_actions
 from envs.spec import EnvSpec
 
 os.environ.setdefault("METTAGRID_LOG_LEVEL", "WARNING")  # importing mettagrid otherwise turns root logging to INFO
@@ -175,8 +176,7 @@ class MettaGridEnv:
     def step(self, actions: torch.Tensor, final_obs: bool = False) -> TensorDict:
         """Apply `actions [num_agents, 2]` ((type, 0): 0.26's actions take no argument); reset finished episodes.
         With `final_obs`, also return `final_env_obs`: what each agent saw before its episode was reset."""
-        if actions.shape != (self.num_agents, 2):
-            raise ValueError(f"actions must have shape [{self.num_agents}, 2] (type, arg) per agent, got {tuple(actions.shape)}")
+        check_actions(actions, self.num_agents)
         self.actions[:] = actions[:, 0].cpu().numpy()
         for sim in self.sims:
             sim.step()

@@ -18,6 +18,10 @@ from policies.tokens import TokensToBox
 class FastEncoder(nn.Module):
     def __init__(self, spec: EnvSpec, hidden: int = 128):
         super().__init__()
+        side = min(spec.obs_height, spec.obs_width)
+        if (side - 5) // 3 + 1 < 3:  # the 5x5 stride-3 convolution must leave room for the 3x3 one
+            raise ValueError(f"fast's convolutions need an observation window of at least 11x11, the env's is "
+                             f"{spec.obs_height}x{spec.obs_width}: raise obs_window, or use a latent_attn policy")
         self.box = TokensToBox(spec)
         self.cnn = nn.Sequential(
             init_layer(nn.Conv2d(spec.num_features, 64, 5, stride=3)), nn.ReLU(),

@@ -2,9 +2,16 @@
 happened."""
 
 import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
+import tyro
 from test_trainer import small_config
 
 import trainer.ppo as ppo_module
@@ -71,11 +78,6 @@ CLI = ["--env", "nav", "--preset", "cpu", "--num-envs", "8", "--bptt", "16", "--
 
 def train_cli(tmp_path, *args, stop_with=None):
     """scripts/train.py in a subprocess; with `stop_with`, that signal once update 2 has been printed."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "train.py")
     run = subprocess.Popen([sys.executable, script, "--log-dir", str(tmp_path), *args], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
@@ -90,8 +92,6 @@ def train_cli(tmp_path, *args, stop_with=None):
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_a_signal_mid_run_saves_and_the_resumed_run_ends_like_an_uninterrupted_one(tmp_path, name):
-    import signal
-
     number = getattr(signal, name)
     budget = ["--total-steps", str(8 * 16 * 12)]
     code, out = train_cli(tmp_path, *CLI, *budget, "--run-name", "cut", stop_with=number)
@@ -113,3 +113,61 @@ def test_resume_extends_a_finished_run_and_refuses_options_that_would_change_it(
     assert code == 0 and "resumed at update 2" in out and load_checkpoint(checkpoint)["update"] == 4
     code, out = train_cli(tmp_path, "--resume", checkpoint, "--num-envs", "16", "--learning-rate", "0.1")
     assert code == 1 and "['learning_rate', 'num_envs'] cannot change on resume" in out
+
+
+def bad_input_table() -> dict[str, str]:
+    """docs/training.md's table: input -> the message it must give."""
+
+    doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "training.md")).read()
+    section = doc[doc.index("## Bad input"):]
+    section = section[:section.index("\n## ", 1) if "\n## " in section[1:] else None]
+    rows = re.findall(r"^\| (.+?) \| `(.+?)` \|$", section, re.M)
+    return {inp: message for inp, message in rows if inp != "input"}
+
+
+def error_of(inp: str, tmp_path) -> str:
+    """Run one input of the table; return the error it gives."""
+    from envs import make_env
+    from policies import make_policy
+    from test_policies import acting_td
+    from trainer.config import PRESETS, TrainConfig
+
+    def cli(args: list[str]) -> str:
+        from train import options_given
+
+        try:
+            cfg = tyro.cli(TrainConfig, default=PRESETS["cpu"].replace(log_dir=str(tmp_path)), args=args)
+            Trainer(cfg, given=options_given(args))
+        except (ValueError, FileNotFoundError) as e:
+            return str(e)
+        return "no error"
+
+    env = make_env("nav", num_envs=8)
+    if inp.startswith("`--log-dir` a file"):
+        (tmp_path / "file").write_text("")
+        return cli(["--log-dir", str(tmp_path / "file")])
+    if inp.startswith("`--resume` a missing file"):
+        return cli(["--resume", str(tmp_path / "missing.pt")])
+    if inp.startswith("`--resume` a checkpoint"):
+        run = Trainer(small_config(log_dir=str(tmp_path)))
+        run.save()
+        return cli(["--resume", run.checkpoint_path, "--num-envs", "8"])
+    calls = {"`env.step` float actions": lambda: env.step(torch.zeros(8, 2)),
+             "`env.step` actions of shape [8]": lambda: env.step(torch.zeros(8, dtype=torch.long)),
+             "a policy given float observations": lambda: make_policy("fast", env)(acting_td(torch.zeros(2, 200, 3)))}
+    if inp in calls:
+        try:
+            calls[inp]()
+        except ValueError as e:
+            return str(e)
+        return "no error"
+    return cli(shlex.split(inp.strip("`")))
+
+
+def test_every_bad_input_in_the_docs_gets_its_message(tmp_path, monkeypatch):
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    table = bad_input_table()
+    assert len(table) >= 20
+    for inp, message in table.items():
+        assert message in error_of(inp, tmp_path), inp

@@ -10,14 +10,43 @@ from dataclasses import dataclass, field
 import torch
 
 from envs.config import unknown_options
+from policies.memory import LSTM_INITS
 from trainer.collapse.faults import parse_faults
 
+# each option's own range: (option, test, the rule the error states); NaN fails every test
+POSITIVE, AT_LEAST_0, FRACTION = (lambda v: v > 0), (lambda v: v >= 0), (lambda v: 0 <= v <= 1)
+RULES = (
+    ("num_envs", lambda v: v >= 1, "use at least 1 map"),
+    ("total_steps", lambda v: v >= 1, "use a positive number of agent steps"),
+    ("bptt", lambda v: v >= 2, "use at least 2 steps per segment"),
+    ("minibatch_size", lambda v: v >= 1, "use a positive number of agent steps (bptt x segments)"),
+    ("update_epochs", lambda v: v >= 1, "use at least 1 pass over each rollout"),
+    ("learning_rate", POSITIVE, "use a positive learning rate"),
+    ("adam_eps", POSITIVE, "use a positive epsilon"),
+    ("gamma", FRACTION, "use a discount in [0, 1]"),
+    ("gae_lambda", FRACTION, "use a lambda in [0, 1]"),
+    ("rho_clip", POSITIVE, "use a positive V-trace clip"),
+    ("c_clip", POSITIVE, "use a positive V-trace clip"),
+    ("clip_coef", POSITIVE, "use a positive ratio clip (PPO's is 0.1-0.3)"),
+    ("vf_clip_coef", POSITIVE, "use a positive value clip"),
+    ("vf_coef", AT_LEAST_0, "use a value-loss weight of 0 or more"),
+    ("ent_coef", AT_LEAST_0, "use an entropy weight of 0 or more (a negative one rewards certainty)"),
+    ("max_grad_norm", POSITIVE, "use a positive gradient-norm clip"),
+    ("prio_alpha", AT_LEAST_0, "use 0 (uniform) or more"),
+    ("prio_beta0", FRACTION, "use a value in [0, 1]"),
+    ("clip_range", AT_LEAST_0, "use 0 (off) or more"),
+    ("seed", AT_LEAST_0, "use a seed of 0 or more"),
+    ("torch_threads", AT_LEAST_0, "use 0 (torch's default) or a number of threads"),
+    ("checkpoint_interval", lambda v: v >= 1, "use at least 1 update between checkpoints"),
+)
 SAMPLING = ("prioritized", "shuffled")
 # what a resumed run may change: its length, where and when it saves, how it runs; nothing it computes
 RESUMABLE = ("total_steps", "checkpoint_interval", "log_dir", "run_name", "torch_threads", "compile", "nonfinite")
 MEMORY = ("reset", "carry")
 NONFINITE = ("stop", "skip")
 TRUNCATION_BOOTSTRAP = ("previous", "final")
+CHOICES = {"sampling": SAMPLING, "memory": MEMORY, "nonfinite": NONFINITE, "truncation_bootstrap": TRUNCATION_BOOTSTRAP,
+           "lstm_init": ("", *LSTM_INITS)}
 
 
 @dataclass
@@ -140,14 +169,25 @@ class TrainConfig:
     def name(self) -> str:
         return self.run_name or f"{self.env}_{self.policy}_{self.seed}"
 
+    def check(self) -> None:
+        """Every option on its own, before any work starts; ValueError naming the option and the fix."""
+        for name, ok, rule in RULES:
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"{name}={value!r}: {rule}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {choices}")
+        self.fault_set  # noqa: B018 (raises for an unknown fault)
+
     def validate(self, num_agents: int) -> None:
-        """Check everything that depends on the env's agent count; raise ValueError naming the fix."""
+        """Every option, and what depends on the env's agent count; ValueError naming the fix."""
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(msg)
 
+        self.check()
         batch = num_agents * self.bptt
-        need(self.bptt >= 2, f"bptt={self.bptt}: use at least 2 steps per segment")
         need(self.minibatch_size % self.bptt == 0,
              f"minibatch_size={self.minibatch_size} is not a multiple of bptt={self.bptt}: minibatches hold whole segments")
         segments = self.minibatch_size // self.bptt
@@ -156,15 +196,6 @@ class TrainConfig:
              f"minibatches of {segments} segments ({self.minibatch_size} steps) must divide it: choose a "
              f"minibatch_size of bptt x a divisor of {num_agents}")
         need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
-        need(self.sampling in SAMPLING, f"sampling={self.sampling!r}: choose one of {SAMPLING}")
-        need(self.memory in MEMORY, f"memory={self.memory!r}: choose one of {MEMORY}")
-        need(self.nonfinite in NONFINITE, f"nonfinite={self.nonfinite!r}: choose one of {NONFINITE}")
-        need(self.truncation_bootstrap in TRUNCATION_BOOTSTRAP,
-             f"truncation_bootstrap={self.truncation_bootstrap!r}: choose one of {TRUNCATION_BOOTSTRAP}")
-        need(self.prio_alpha >= 0 and 0 <= self.prio_beta0 <= 1, "prio_alpha must be >= 0 and prio_beta0 in [0, 1]")
-        need(self.update_epochs >= 1 and self.learning_rate > 0, "update_epochs must be >= 1 and learning_rate > 0")
-        need(self.checkpoint_interval >= 1, "checkpoint_interval must be at least 1")
-        self.fault_set  # noqa: B018 (raises for an unknown fault)
 
     @classmethod
     def from_dict(cls, saved: dict) -> TrainConfig:

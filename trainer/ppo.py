@@ -45,6 +45,14 @@ class Trainer:
         if cfg.resume:
             saved = load_checkpoint(cfg.resume)
             cfg = cfg.resumed(saved["config"], given)
+        cfg.check()  # every option on its own, before any work
+        try:  # the run's folder, before any work: a file in its way or no permission is said now
+            os.makedirs(os.path.join(cfg.log_dir, cfg.name), exist_ok=True)
+            if not os.access(os.path.join(cfg.log_dir, cfg.name), os.W_OK):
+                raise PermissionError("not writable")
+        except OSError as e:
+            raise ValueError(f"log_dir={cfg.log_dir!r} cannot hold the run {cfg.name!r} ({e}): choose another "
+                             "--log-dir") from None
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         keep_freed_memory()  # no page faults on the buffers every step reallocates (trainer/host_memory.py)
