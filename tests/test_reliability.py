@@ -171,3 +171,13 @@ def test_every_bad_input_in_the_docs_gets_its_message(tmp_path, monkeypatch):
     assert len(table) >= 20
     for inp, message in table.items():
         assert message in error_of(inp, tmp_path), inp
+
+
+def test_soak_script_measures_memory_files_and_speed(tmp_path):
+    """The soak benchmark itself (docs/benchmarks.md has a 2,000-update run), in a few updates."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "soak.py")
+    done = subprocess.run([sys.executable, script, "--updates", "4", "--every", "2", "--settle", "2", "--num-envs", "8",
+                           "--out", str(tmp_path), "--torch-threads", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "rss_mb:" in done.stdout and "open_files: " in done.stdout and "SPS: first fifth" in done.stdout
+    assert (tmp_path / "soak.csv").read_text().startswith("update,rss_mb,open_files,gpu_mb,sps")
