@@ -11,9 +11,10 @@ import math
 
 from trainer.collapse.verdict import RETURN, Curves, Row
 
-METRICS = (RETURN, "losses/entropy", "losses/approx_kl", "losses/value_loss", "losses/grad_norm",
-           "losses/clipfrac", "losses/explained_variance", "memory/cell_abs_mean", "weights/encoder_norm",
-           "weights/memory_norm", "weights/critic_norm", "weights/actor_norm")
+METRICS = (RETURN, "episode/ore_red_gained", "episode/battery_red_gained", "episode/heart_gained",
+           "losses/entropy", "losses/approx_kl", "losses/value_loss", "losses/grad_norm", "losses/clipfrac",
+           "losses/explained_variance", "memory/cell_abs_mean", "weights/encoder_norm", "weights/memory_norm",
+           "weights/critic_norm", "weights/actor_norm")
 
 
 def _pyplot():
