@@ -33,15 +33,20 @@ def main() -> None:
         trainer = Trainer(cfg, given=options_given(rest))
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
         sys.exit(f"error: {e}")
-    c = trainer.cfg
-    print(f"{c.policy} on {c.env}: {trainer.env.num_agents} agents, batch {trainer.batch_size:,}, "
-          f"minibatch {c.minibatch_size:,}, {trainer.num_updates} updates, device {trainer.device}, "
-          f"logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else ""))
+    c, ranks = trainer.cfg, trainer.ranks
+    if ranks.main:
+        per_rank = f" ({ranks.world} ranks x {trainer.env.num_agents} agents)" if ranks.world > 1 else ""
+        print(f"{c.policy} on {c.env}: {ranks.world * trainer.env.num_agents} agents{per_rank}, batch "
+              f"{trainer.batch_size:,}, minibatch {c.minibatch_size:,} per rank, {trainer.num_updates} updates, device "
+              f"{trainer.device}, logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else ""))
     try:
         trainer.train()
     except (NonFiniteError, OSError) as e:
         sys.exit(f"error: {e}")
-    print(f"saved {trainer.checkpoint_path}")
+    finally:
+        ranks.close()
+    if ranks.main:
+        print(f"saved {trainer.checkpoint_path}")
     if trainer.interrupted:
         sys.exit(128 + trainer.interrupted)  # the shell's code for the signal: whoever started the run can tell
 

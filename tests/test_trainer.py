@@ -141,6 +141,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert a["update"] == b["update"] == 4 and a["global_step"] == b["global_step"]
     for key in a["policy"]:
         assert torch.equal(a["policy"][key], b["policy"][key]), key
+    (a,), (b,) = a["ranks"], b["ranks"]  # one rank: its envs, memory and random streams
     for key in a["env"]:
         assert torch.equal(a["env"][key], b["env"][key]), key
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])

@@ -27,6 +27,7 @@ from experience.sampling import prio_beta, sample_segments, shuffled_minibatches
 from policies import make_policy
 from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer import distributed
 from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
 from trainer.host_memory import keep_freed_memory
@@ -46,22 +47,29 @@ class Trainer:
             saved = load_checkpoint(cfg.resume)
             cfg = cfg.resumed(saved["config"], given)
         cfg.check()  # every option on its own, before any work
-        try:  # the run's folder, before any work: a file in its way or no permission is said now
-            os.makedirs(os.path.join(cfg.log_dir, cfg.name), exist_ok=True)
-            if not os.access(os.path.join(cfg.log_dir, cfg.name), os.W_OK):
-                raise PermissionError("not writable")
-        except OSError as e:
-            raise ValueError(f"log_dir={cfg.log_dir!r} cannot hold the run {cfg.name!r} ({e}): choose another "
-                             "--log-dir") from None
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        self.ranks = distributed.setup(cfg.resolved_device)  # one rank, unless launched by torchrun
+        if self.ranks.main:
+            try:  # the run's folder, before any work: a file in its way or no permission is said now
+                os.makedirs(os.path.join(cfg.log_dir, cfg.name), exist_ok=True)
+                if not os.access(os.path.join(cfg.log_dir, cfg.name), os.W_OK):
+                    raise PermissionError("not writable")
+            except OSError as e:
+                raise ValueError(f"log_dir={cfg.log_dir!r} cannot hold the run {cfg.name!r} ({e}): choose another "
+                                 "--log-dir") from None
+        threads = cfg.torch_threads or (self.ranks.world > 1 and self.ranks.cpu_share())
+        if threads:
+            torch.set_num_threads(threads)
         keep_freed_memory()  # no page faults on the buffers every step reallocates (trainer/host_memory.py)
         self.cfg = cfg
-        self.device = cfg.resolved_device
-        torch.manual_seed(cfg.seed)  # the policy's initial weights and its action sampling
-        self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
+        self.device = self.ranks.device(cfg.resolved_device)
+        seed = distributed.rank_seed(cfg.seed, self.ranks.rank)
+        torch.manual_seed(cfg.seed)  # the policy's initial weights (the same on every rank) and its action sampling
+        self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=seed, device=str(self.device), **cfg.env_overrides)
         cfg.validate(self.env.num_agents)
         self.policy = apply_faults(make_policy(cfg.policy, self.env, **cfg.policy_options), cfg.fault_set).to(self.device)
+        if self.ranks.world > 1:
+            self.ranks.broadcast(self.policy)
+            torch.manual_seed(seed)  # each rank samples its own actions
         if cfg.compile:
             self.policy.compile_parts()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
@@ -69,8 +77,8 @@ class Trainer:
         self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device,
                                       (memory.num_layers, memory.hidden_size))
         self.carried: dict = {}  # carry mode: the memory the last rollout ended with, where the next one starts
-        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.batch_size = self.buffer.batch_size
+        self.sampler = torch.Generator(self.device).manual_seed(seed)
+        self.batch_size = self.buffer.batch_size * self.ranks.world  # agent steps per update, every rank's
         self.minibatch_segments = cfg.minibatch_size // cfg.bptt
         self.num_updates = cfg.total_steps // self.batch_size
         self.update = 0
@@ -145,11 +153,12 @@ class Trainer:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                self.ranks.average_gradients(self.policy.parameters())  # nothing to do with one rank
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 checks = torch.stack([out.pg_loss, out.v_loss, out.entropy, grad_norm]).isfinite()
                 if cfg.nonfinite == "stop":
                     finite.append(checks)  # read with the statistics when the update ends
-                elif not checks.all():  # skip: one read per minibatch
+                elif not self.ranks.all(checks.all()):  # skip: one read per minibatch, the same on every rank
                     stats["skipped_minibatches"].append(torch.ones(()))
                     continue
                 self.optimizer.step()
@@ -166,7 +175,8 @@ class Trainer:
         weights = torch.stack([p.isfinite().all() for p in self.policy.parameters()])
         means = [torch.stack(v).float().mean() if k != "skipped_minibatches" else torch.stack(v).sum()
                  for k, v in stats.items()]
-        read = torch.cat([torch.stack(means), *finite, weights]).tolist()  # the one read back
+        # the one read back, as means over ranks: statistics of the whole job, and any rank's non-finite number
+        read = self.ranks.mean(torch.cat([torch.stack(means), *finite, weights]).float()).tolist()
         self.check_finite(read[len(means):], len(finite))
         self.update += 1
         return {**dict(zip(stats, read[:len(means)])), "learning_rate": lr}
@@ -174,7 +184,7 @@ class Trainer:
     def check_finite(self, flags: list[float], minibatches: int) -> None:
         """Stop at the first quantity that is not a finite number (NonFiniteError), before anything is saved."""
         names = ("the policy loss", "the value loss", "the entropy", "the gradient norm")
-        bad = [i for i, ok in enumerate(flags) if not ok]
+        bad = [i for i, ok in enumerate(flags) if ok < 1]  # a mean over ranks: below 1 if any rank saw it
         if not bad:
             return
         if bad[0] < 4 * minibatches:
@@ -249,8 +259,8 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         last = self.num_updates if updates is None else min(self.num_updates, self.update + updates)
-        writer = SummaryWriter(self.run_dir)
-        interrupted = []
+        writer = SummaryWriter(self.run_dir) if self.ranks.main else None  # only rank 0 writes
+        interrupted, stopped = [], 0
 
         def on_interrupt(signum, frame):
             if interrupted:
@@ -263,26 +273,31 @@ class Trainer:
         history, episode = [], {}
         start_time, start_step = time.perf_counter(), self.global_step
         try:
-            while self.update < last and not interrupted:
+            while self.update < last and not stopped:
                 t0 = time.perf_counter()
                 self.rollout()
                 health = self.health()
                 metrics = self.learn()
-                metrics.update(zip(health, torch.stack(list(health.values())).float().tolist()))
+                metrics.update(self.ranks.mean_dict(health))
                 metrics["SPS"] = self.batch_size / (time.perf_counter() - t0)
-                episode = self.env.episode_stats() or episode
+                stats = self.env.episode_stats()
+                if self.ranks.all(bool(stats)):  # with several ranks, once every rank has ended an episode
+                    episode = self.ranks.mean_dict(stats)
                 metrics.update({f"episode/{k}": v for k, v in episode.items()})
                 history.append(metrics)
-                self._log(writer, metrics, quiet, start_time, start_step)
+                if self.ranks.main:
+                    self._log(writer, metrics, quiet, start_time, start_step)
                 if self.update % self.cfg.checkpoint_interval == 0:
                     self.save()
+                stopped = self.ranks.max(interrupted[0] if interrupted else 0)  # a signal on any rank stops all
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            writer.close()
+            if writer is not None:
+                writer.close()
         self.save()
-        self.interrupted = interrupted[0] if interrupted else 0
-        if interrupted and not quiet:
+        self.interrupted = stopped
+        if stopped and not quiet and self.ranks.main:
             print(f"interrupted: saved {self.checkpoint_path}; continue with --resume {self.checkpoint_path}")
         return history
 
@@ -306,22 +321,32 @@ class Trainer:
     def checkpoint_path(self) -> str:
         return os.path.join(self.run_dir, "checkpoint.pt")
 
-    def state_dict(self) -> dict:
-        return {
-            "config": dataclasses.asdict(self.cfg.replace(resume="")),
-            "update": self.update, "global_step": self.global_step,
-            "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def state_dict(self) -> dict | None:
+        """Everything a resumed run needs, on rank 0 (None elsewhere). Every rank must call it: it gathers each
+        rank's envs, memory and random streams."""
+        ranks = self.ranks.gather({
             "env": self.env.state_dict(), "carried": self.carried,
             "next_obs": self.next_obs.select("env_obs", "rewards", "dones", "truncateds", "final_values",
                                              strict=False).to_dict(),
             "rng": {"torch": torch.get_rng_state(), "sampler": self.sampler.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
-        }
+        })
+        if not self.ranks.main:
+            return None
+        return {"config": dataclasses.asdict(self.cfg.replace(resume="")), "update": self.update,
+                "global_step": self.global_step, "policy": self.policy.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
+        parts = state.get("ranks") or [state]  # a checkpoint from before ranks kept its one rank's part at the top
+        if len(parts) != self.ranks.world:
+            raise ValueError(f"the checkpoint was written by {len(parts)} rank(s), each with its own envs, memory and "
+                             f"random streams; resume it with the same number of processes (torchrun "
+                             f"--nproc-per-node {len(parts)}), not {self.ranks.world}")
         self.update, self.global_step = state["update"], state["global_step"]
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
+        state = parts[self.ranks.rank]
         self.env.load_state_dict(state["env"])
         if self.env.exact_resume:
             self.next_obs = TensorDict(state["next_obs"], batch_size=[self.env.num_agents]).to(self.device)
@@ -334,8 +359,11 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save(self, path: str | None = None) -> str:
+        """Write the checkpoint (rank 0; every rank must call it)."""
         path = path or self.checkpoint_path
-        save_checkpoint(path, self.state_dict())
+        state = self.state_dict()
+        if self.ranks.main:
+            save_checkpoint(path, state)
         if path == self.checkpoint_path:
             self.saved_update = self.update
         return path
