@@ -113,7 +113,8 @@ def training_loop_rates(trainer: Trainer, repeats: int) -> dict[str, float]:
         sync(trainer.device)
         times.append((t1 - t0, time.perf_counter() - t1))
     work, timed = trainer.batch_size, times[1:]
-    return {"e2e": work / statistics.median(r + u for r, u in timed),
+    return {"first_update_s": sum(times[0]),  # the warm-up: with --compile, the one-time compilation is in it
+            "e2e": work / statistics.median(r + u for r, u in timed),
             "rollout": work / statistics.median(r for r, _ in timed),
             "learn": work / statistics.median(u for _, u in timed)}
 
@@ -215,7 +216,8 @@ def main(args: Args) -> None:
                 agents = row.get("agents") or make_env(args.env, num_envs=n, device=str(device)).num_agents
                 print(f"{name:<18} {n:>6} {agents:>7}" + "".join(f" {row[w]:>12,.0f}" for w in args.what))
                 if "e2e" in args.what:
-                    print(f"  e2e split: rollout {row['rollout']:,.0f} SPS, learn {row['learn']:,.0f} SPS (medians)")
+                    print(f"  e2e split: rollout {row['rollout']:,.0f} SPS, learn {row['learn']:,.0f} SPS (medians); "
+                          f"the first update took {row['first_update_s']:.1f} s (warm-up and any compilation)")
                 if args.sync_check:
                     reads = check_reads(trainer)
                     per = trainer.buffer.segments // trainer.minibatch_segments * trainer.cfg.update_epochs

@@ -13,6 +13,7 @@ from tensordict import TensorDict
 from envs import make_env
 from policies import make_policy
 from trainer import TrainConfig, Trainer
+from trainer.config import cpu_has_native_bf16
 from trainer.host_reads import HostReads
 
 
@@ -86,6 +87,7 @@ def test_bf16_autocast_matches_fp32(policy):
         torch.testing.assert_close(f, p, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16: the trainer refuses --bf16")
 def test_bf16_training_matches_fp32(tmp_path):
     runs = {}
     for bf16 in (False, True):
@@ -148,3 +150,23 @@ def test_keep_freed_memory_stops_the_page_faults_of_a_reallocated_buffer():
     assert applied == "True"
     assert float(default) > 10_000  # glibc's default: a 64 MB block goes back to the OS, 16,384 pages fault back in
     assert float(kept) < 100
+
+
+def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path):
+    """scripts/gpu_check.py, the one command for a GPU machine, end to end on the CPU (tiny sizes, no test run)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "gpu_check.py")
+    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--tiny", "--no-tests"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert "| sync check at 4 maps | no read while acting |" in report
+    assert all(f"| {maps} | {6 * maps} | plain |" in report for maps in (2, 4, 8))
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bfloat16(tmp_path, monkeypatch):
+    import trainer.config
+
+    monkeypatch.setattr(trainer.config, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="no native bfloat16 .* leave --bf16 out"):
+        small_trainer(tmp_path, bf16=True)
+    small_trainer(tmp_path)  # fp32 is fine

@@ -13,6 +13,16 @@ from envs.config import unknown_options
 from policies.memory import LSTM_INITS
 from trainer.collapse.faults import parse_faults
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (Linux: /proc/cpuinfo flags; elsewhere assumed yes)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return True
+    return flags is None or bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 # each option's own range: (option, test, the rule the error states); NaN fails every test
 POSITIVE, AT_LEAST_0, FRACTION = (lambda v: v > 0), (lambda v: v >= 0), (lambda v: 0 <= v <= 1)
 RULES = (
@@ -142,6 +152,14 @@ class TrainConfig:
     """Save a checkpoint every this many updates (also at the end and on Ctrl-C)."""
     resume: str = ""
     """A checkpoint to continue from, with its saved configuration (the other options are ignored)."""
+
+    def check_bf16(self, device: torch.device) -> None:
+        """--bf16 on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX) is emulated in software and runs
+        several times slower than fp32: refuse it rather than slow a run down silently."""
+        if self.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+            raise ValueError("bf16=True: this CPU has no native bfloat16 (neither AVX512-BF16 nor AMX), so bf16 "
+                             "would be emulated, several times slower than fp32 (7x on a 2-core EPYC with AVX2): "
+                             "leave --bf16 out")
 
     @property
     def resolved_device(self) -> torch.device:

@@ -62,6 +62,7 @@ class Trainer:
         keep_freed_memory()  # no page faults on the buffers every step reallocates (trainer/host_memory.py)
         self.cfg = cfg
         self.device = self.ranks.device(cfg.resolved_device)
+        cfg.check_bf16(self.device)
         seed = distributed.rank_seed(cfg.seed, self.ranks.rank)
         torch.manual_seed(cfg.seed)  # the policy's initial weights (the same on every rank) and its action sampling
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=seed, device=str(self.device), **cfg.env_overrides)
