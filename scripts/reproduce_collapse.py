@@ -30,8 +30,8 @@ import tyro
 
 from trainer.collapse.faults import FAULTS, PRESETS, parse_faults
 from trainer.collapse.figures import metrics_figure, returns_figure
-from trainer.collapse.tables import MEANS, summary_table
-from trainer.collapse.verdict import seed_numbers, summarize
+from trainer.collapse.tables import MEANS, other_table, summary_table
+from trainer.collapse.verdict import other_curves, seed_numbers, summarize
 from trainer.runs import Study, read_curves, read_runs, run_all, write_curves
 
 
@@ -117,6 +117,10 @@ def analyze(args: Args) -> str:
                          if n else f"{s}: no return")
         per_seed.append(f"- {config}: " + ", ".join(cells))
     summary += "\n".join(per_seed) + "\n"
+    gathered = tuple(m for m in ("episode/ore_red_gained", "episode/battery_red_gained", "episode/heart_gained",
+                                 "losses/explained_variance", "memory/cell_abs_mean")
+                     if any(m in c for c in curves.values()))
+    summary += "\n" + other_table(other_curves(curves, configs, gathered, args.window))
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary)
     title = f"{study.policy} on {study.env}"

@@ -179,3 +179,12 @@ def test_train_py_exits_130_after_a_ctrl_c(tmp_path):
             break
     assert run.wait(timeout=60) == 130
     assert (tmp_path / "nav_fast_0" / "checkpoint.pt").exists()
+
+
+def test_other_curves_report_final_and_peak_per_configuration():
+    from trainer.collapse.verdict import other_curves
+
+    battery = "episode/battery_red_gained"
+    runs = {("fixed", s): {battery: ([1000 * (i + 1) for i in range(10)], [0, 0, 1, 1, 0, 0, 0, 0, 0, 0])}
+            for s in range(2)}
+    assert other_curves(runs, ["fixed"], (battery,), 0.2) == {"fixed": {battery: (0.0, 1.0)}}  # made, then lost

@@ -41,3 +41,17 @@ def summary_table(rows: list[Row], header: str) -> str:
         if row.crashed:
             lines.append(f"\n{row.config}: {row.crashed} of {row.seeds} seeds crashed: " + "; ".join(row.errors))
     return "\n".join(lines) + "\n"
+
+
+def other_table(values: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """Final and peak of other curves per configuration (from verdict.other_curves)."""
+    metrics = sorted({m for per in values.values() for m in per})
+    if not metrics:
+        return ""
+    lines = ["Other curves, final / peak (means over seeds, the same windows as the return):", "",
+             "| configuration | " + " | ".join(m.split("/")[-1] for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for config, per in values.items():
+        cells = [f"{per[m][0]:.3g} / {per[m][1]:.3g}" if m in per else "-" for m in metrics]
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

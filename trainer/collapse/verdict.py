@@ -151,3 +151,19 @@ def verdict(row: Row, min_rise: float) -> str:
     if row.far:
         return "mixed"
     return "no measurable effect"
+
+
+def other_curves(curves: dict[tuple[str, int], Curves], configs: list[str], metrics: tuple[str, ...],
+                 window: float) -> dict[str, dict[str, tuple[float, float]]]:
+    """For each configuration and metric: the final and the peak (as for the return) averaged over seeds; a rise
+    and fall shows here in what the agents gathered even where the return does not fall."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for config in configs:
+        for metric in metrics:
+            seeds = [seed_numbers(*c[metric], window, 0.0) for (name, _), c in curves.items()
+                     if name == config and c.get(metric, ([], []))[1]]
+            seeds = [n for n in seeds if n and not n.diverged]
+            if seeds:
+                out.setdefault(config, {})[metric] = (mean_sd([n.final for n in seeds])[0],
+                                                      mean_sd([n.peak for n in seeds])[0])
+    return out
