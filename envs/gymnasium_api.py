@@ -4,8 +4,8 @@ The trainer does not use these: it steps `GridEnv` directly and keeps everything
 - `GridVectorEnv`: a `gymnasium.vector.VectorEnv` whose sub-envs are the agents (agent i of map e is
   sub-env e * agents_per_env + i), with same-step autoreset: an ended episode's last observation is in
   `infos["final_obs"]`, masked by `infos["_final_obs"]`.
-- `GridGymEnv`: one map with one agent as a `gymnasium.Env`, registered as minippo/Arena-v0, Nav-v0 and
-  Memory-v0.
+- `GridGymEnv`: one map with one agent as a `gymnasium.Env`, registered by `import envs` as minippo/Arena-v0,
+  Nav-v0 and Memory-v0.
 """
 
 from __future__ import annotations
@@ -88,7 +88,3 @@ class GridGymEnv(gymnasium.Env):
 
     def render(self):
         return render(self.env, 0) if self.render_mode == "ansi" else None
-
-
-for _task in ("arena", "nav", "memory"):
-    gymnasium.register(f"minippo/{_task.capitalize()}-v0", entry_point=GridGymEnv, kwargs={"task": _task})

@@ -73,3 +73,12 @@ def test_vector_env_batches_agents_and_reports_final_obs():
     assert truncated.all() and infos["_final_obs"].all()
     assert (infos["final_obs"][:, 0, 2] == 255).all() and (obs[:, 0, 2] == 0).all()
     assert rewards.dtype == np.float32 and torch.as_tensor(obs).dtype == torch.uint8
+
+
+def test_gymnasium_make_works_after_import_envs_alone():
+    import subprocess
+    import sys
+
+    code = "import gymnasium, envs; env = gymnasium.make('minippo/Nav-v0'); print(env.reset(seed=0)[0].shape)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "(200, 3)", done.stderr

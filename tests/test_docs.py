@@ -1,0 +1,76 @@
+"""The docs cannot drift from the code: every `python scripts/...` command they show parses, and the sample output
+they show is the command's real output."""
+
+import glob
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
+def shown_commands() -> list[tuple[str, str]]:
+    """(page, command) for every `python scripts/...` command in a code block or a code span."""
+    found = []
+    for page in PAGES:
+        text = open(page).read().replace("\\\n", " ")  # continued lines
+        code = re.findall(r"```[a-z]*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+        for block in code:
+            for line in block.splitlines():
+                for part in re.split(r"&&|;|\|", line):
+                    part = part.split("#")[0].strip()
+                    if re.match(r"python3? scripts/\w+\.py", part):
+                        found.append((os.path.relpath(page, ROOT), part))
+    return sorted(set(found))
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"shown_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("page, command", shown_commands())
+def test_every_command_the_docs_show_parses(page, command, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "scripts"))
+    words = shlex.split(command)
+    name, args = os.path.basename(words[1]).removesuffix(".py"), words[2:]
+    assert "{" not in command, f"{page}: {command!r} relies on the shell's brace expansion"
+    if "--help" in args:
+        with pytest.raises(SystemExit, match="0"):
+            parse(name, args)
+        return
+    parse(name, args)
+
+
+def parse(name: str, args: list[str]) -> None:
+    """What the script's own command line would make of `args` (tyro exits with code 2 for a bad option)."""
+    if name == "train":
+        from trainer.config import PRESETS, TrainConfig
+
+        preset = args[args.index("--preset") + 1] if "--preset" in args else "cpu"
+        rest = [a for i, a in enumerate(args) if a != "--preset" and (i == 0 or args[i - 1] != "--preset")]
+        tyro.cli(TrainConfig, default=PRESETS[preset], args=rest)
+    else:
+        tyro.cli(load_script(name).Args, args=args)
+
+
+def test_the_docs_show_commands_of_every_script():
+    shown = {os.path.basename(shlex.split(c)[1]) for _, c in shown_commands()}
+    assert {"train.py", "evaluate.py", "play.py", "bench.py", "reproduce_collapse.py", "learning_bench.py"} <= shown
+
+
+def test_readme_play_sample_is_the_real_output():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    sample = re.search(r"```\n\$ (python scripts/play\.py[^\n]*)\n(.*?)```", readme, re.S)
+    command, shown = sample.group(1), sample.group(2)
+    real = subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True, cwd=ROOT)
+    assert real.stdout == shown
