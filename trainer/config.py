@@ -120,7 +120,7 @@ class TrainConfig:
     prio_alpha: float = 0.0
     """Prioritization exponent: 0 uniform."""
     prio_beta0: float = 0.6
-    """Initial importance-weight exponent, annealed towards 1."""
+    """Initial importance-weight exponent: beta = beta0 + (1 - beta0) * prio_alpha * update / updates."""
     clip_range: float = 0.0
     """Policy weight clipping (clip_weights): 0 off."""
     lstm_init: str = ""
@@ -239,9 +239,9 @@ class TrainConfig:
 
 
 PRESETS = {
-    # 2-core CPU: batches of ~16k-25k steps, so 16-24 minibatches per update and a learning rate 6.5x
-    # Metta's (its 4.57e-4 with 4 steps per 16k batch left the KL at ~1e-5: nothing learned in 400k steps).
+    # 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches and a learning rate 6.5x
+    # Metta's (its 4.57e-4 with 4 minibatches per 16k batch left the KL at ~1e-5: nothing learned in 400k steps).
     "cpu": TrainConfig(num_envs=64, minibatch_size=1024, learning_rate=3e-3),
-    # One GPU: Metta's batch scale (1024 arena maps = 6144 agents, 393,216 steps per batch).
+    # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps per batch; Metta's is 524,288).
     "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000),
 }
