@@ -60,7 +60,11 @@ def parse(name: str, args: list[str]) -> None:
         rest = [a for i, a in enumerate(args) if a != "--preset" and (i == 0 or args[i - 1] != "--preset")]
         tyro.cli(TrainConfig, default=PRESETS[preset], args=rest)
     else:
-        tyro.cli(load_script(name).Args, args=args)
+        module = load_script(name)
+        if hasattr(module, "Args"):
+            tyro.cli(module.Args, args=args)
+        else:
+            assert not args, f"scripts/{name}.py takes no options"
 
 
 def test_the_docs_show_commands_of_every_script():
@@ -73,4 +77,36 @@ def test_readme_play_sample_is_the_real_output():
     sample = re.search(r"```\n\$ (python scripts/play\.py[^\n]*)\n(.*?)```", readme, re.S)
     command, shown = sample.group(1), sample.group(2)
     real = subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True, cwd=ROOT)
+    assert real.stdout == shown
+
+
+def test_the_walkthroughs_worked_example_is_what_the_advantage_code_computes():
+    import torch
+
+    from trainer.advantage import compute_advantages
+
+    doc = open(os.path.join(ROOT, "docs", "walkthrough.md")).read()
+    rows = dict(re.findall(r"^\| ([^|]+?) \| ([-\d.]+ \| [-\d.]+ \| [-\d.]+ \| [-\d.]+) \|$", doc, re.M))
+    assert len(rows) == 4
+    values, rewards = torch.tensor([[0.5, 0.6, 0.2, 0.7]]), torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    none = torch.zeros(1, 4, dtype=torch.bool)
+    at_2 = torch.tensor([[False, False, True, False]])
+    ratio = torch.ones(1, 4)
+    half = torch.tensor([[1.0, 0.5, 1.0, 1.0]])
+    cases = {"no episode end": (none, none, ratio), "terminal with observation 2 (`dones[2]`)": (at_2, none, ratio),
+             "truncation with observation 2 (`truncateds[2]`)": (none, at_2, ratio),
+             "ratio 0.5 at t = 1 (ρ̄ = c̄ = 1)": (none, none, half)}
+    assert set(rows) == set(cases)
+    for case, (dones, truncateds, r) in cases.items():
+        shown = [float(x) for x in rows[case].split(" | ")]
+        computed = compute_advantages(values, rewards, dones, truncateds, r, 0.9, 0.8, 1.0, 1.0)[0].tolist()
+        assert computed == pytest.approx(shown, abs=5e-5), case
+
+
+def test_the_walkthroughs_diagram_is_the_scripts_real_output():
+    doc = open(os.path.join(ROOT, "docs", "walkthrough.md")).read()
+    shown = re.search(r"```\n(row = one agent's segment.*?)```", doc, re.S).group(1)
+    real = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "segments_diagram.py")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert real.returncode == 0, real.stderr
     assert real.stdout == shown
