@@ -39,3 +39,24 @@ def render(env: GridEnv, index: int = 0) -> str:
         busy = f" converting({timers[r]})" if timers[r] else ""
         lines.append(f"{kinds[r]:<13} {_inventory(obj[r][INV0:])}{busy}{' (decoy)' if decoy[r] else ''}")
     return "\n".join(lines)
+
+
+def write_gif(frames: list[str], path: str, seconds_per_frame: float = 0.25) -> None:
+    """An animated GIF of text frames (e.g. `render` after every step), in a monospace font, black on white.
+    Needs Pillow (with the plots extra: pip install -e ".[plots]")."""
+    try:
+        from matplotlib import font_manager
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise ImportError('writing a GIF needs matplotlib and Pillow: pip install -e ".[plots]"') from None
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans Mono"), 14)  # ships with matplotlib
+    width = max(int(font.getlength(line)) for frame in frames for line in frame.splitlines()) + 16
+    height = max(len(frame.splitlines()) for frame in frames) * 17 + 16
+    images = []
+    for frame in frames:
+        image = Image.new("L", (width, height), 255)
+        draw = ImageDraw.Draw(image)
+        for i, line in enumerate(frame.splitlines()):
+            draw.text((8, 8 + 17 * i), line, fill=0, font=font)
+        images.append(image)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)

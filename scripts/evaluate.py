@@ -19,7 +19,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import make_env  # noqa: E402
 from envs.grid import GridEnv  # noqa: E402
-from envs.render import LEGEND, render  # noqa: E402
+from envs.render import LEGEND, render, write_gif  # noqa: E402
 from policies import make_policy  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 from trainer.collapse.faults import apply_faults  # noqa: E402
@@ -38,6 +38,8 @@ class Args:
     """Seeds the maps and the policy's action sampling."""
     replay: bool = False
     """Print map 0 after every step of its first episode."""
+    gif: str = ""
+    """Also write map 0's first episode to this animated GIF (our gridworld; needs the plots extra)."""
     device: str = "cpu"
     """Device to run on."""
 
@@ -48,14 +50,15 @@ def evaluate(args: Args) -> dict[str, float]:
     torch.manual_seed(args.seed)
     env = make_env(cfg.env, num_envs=args.num_envs, seed=args.seed, device=args.device,
                    **{**cfg.env_overrides, "desync_episodes": False})  # full-length episodes only
-    if args.replay and not isinstance(env, GridEnv):
-        raise ValueError(f"--replay draws our gridworld's maps; {cfg.env} is not one: leave --replay out")
+    if (args.replay or args.gif) and not isinstance(env, GridEnv):
+        raise ValueError(f"--replay and --gif draw our gridworld's maps; {cfg.env} is not one: leave them out")
     policy = apply_faults(make_policy(cfg.policy, env, **cfg.policy_options), cfg.fault_set).to(args.device)
     policy.load_state_dict(state["policy"])
     td = env.reset()
-    finished, totals, replaying = 0, {}, args.replay
-    if replaying:
-        print(LEGEND + "\n" + render(env, 0))
+    finished, totals, replaying = 0, {}, args.replay or bool(args.gif)
+    frames = [LEGEND + "\n" + render(env, 0)] if replaying else []
+    if args.replay:
+        print(frames[0])
     wipe_every = cfg.bptt if cfg.memory == "reset" else 0
     print(f"memory: {cfg.memory}, as trained" + (f" (wiped every {wipe_every} steps)" if wipe_every else ""))
     step = 0
@@ -67,7 +70,9 @@ def evaluate(args: Args) -> dict[str, float]:
             td["training_env_id_start"] = torch.zeros(len(td), dtype=torch.long, device=env.device)
             td = env.step(policy(td)["actions"])  # the policy zeroes a row's state when its episode restarts
             if replaying:
-                print(f"\n{render(env, 0)}")
+                frames.append(LEGEND + "\n" + render(env, 0))
+                if args.replay:
+                    print(f"\n{render(env, 0)}")
                 replaying = not bool(td["dones"][0] | td["truncateds"][0])
             ended = int((td["dones"] | td["truncateds"]).sum())
             if ended:
@@ -75,6 +80,8 @@ def evaluate(args: Args) -> dict[str, float]:
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v * ended
                 finished += ended
+    if args.gif:
+        write_gif(frames, args.gif)
     return {k: v / finished for k, v in totals.items()}
 
 
