@@ -31,7 +31,7 @@ import tyro
 from trainer.collapse.faults import FAULTS, PRESETS, parse_faults
 from trainer.collapse.figures import metrics_figure, returns_figure
 from trainer.collapse.tables import MEANS, other_table, summary_table
-from trainer.collapse.verdict import other_curves, seed_numbers, summarize
+from trainer.collapse.verdict import largest_jump, other_curves, seed_numbers, summarize
 from trainer.runs import Study, read_curves, read_runs, run_all, write_curves
 
 
@@ -107,13 +107,16 @@ def analyze(args: Args) -> str:
               f"{', ' + study.train_args if study.train_args else ''}; commit {', '.join(commits)}; "
               f"{'; '.join(machines)}.")
     summary = summary_table(rows, header)
-    per_seed = ["", "Per seed (final return; * collapsed):", ""]
+    per_seed = ["", "Per seed: final return (* collapsed); the largest one-update jump of a part's weight norm:", ""]
     for config in configs:
         seeds = sorted(s for c, s in runs if c == config)
         cells = []
         for s in seeds:
             n = seed_numbers(*curves.get((config, s), {}).get("episode/return", ([], [])), args.window, args.min_rise)
-            cells.append(f"{s}: crashed" if (config, s) in errors else f"{s}: {n.final:.3f}{'*' if n.collapsed else ''}"
+            jump = largest_jump(curves.get((config, s), {}))
+            cells.append(f"{s}: crashed" if (config, s) in errors else
+                         f"{s}: {n.final:.3f}{'*' if n.collapsed else ''}" + (
+                             f" ({jump[0]} {jump[1]:.1f} -> {jump[2]:.1f} at {jump[3]:,})" if jump else "")
                          if n else f"{s}: no return")
         per_seed.append(f"- {config}: " + ", ".join(cells))
     summary += "\n".join(per_seed) + "\n"

@@ -188,3 +188,11 @@ def test_other_curves_report_final_and_peak_per_configuration():
     runs = {("fixed", s): {battery: ([1000 * (i + 1) for i in range(10)], [0, 0, 1, 1, 0, 0, 0, 0, 0, 0])}
             for s in range(2)}
     assert other_curves(runs, ["fixed"], (battery,), 0.2) == {"fixed": {battery: (0.0, 1.0)}}  # made, then lost
+
+
+def test_largest_jump_of_a_weight_norm():
+    from trainer.collapse.verdict import largest_jump
+
+    run = {"weights/critic_norm": ([1, 2, 3], [16.0, 16.5, 31.0]), "weights/actor_norm": ([1, 2, 3], [12.0, 12.5, 13.0]),
+           "episode/return": ([1, 2, 3], [0.0, 0.1, 0.2])}
+    assert largest_jump(run) == ("critic", 16.5, 31.0, 3) and largest_jump({}) is None

@@ -167,3 +167,12 @@ def other_curves(curves: dict[tuple[str, int], Curves], configs: list[str], metr
                 out.setdefault(config, {})[metric] = (mean_sd([n.final for n in seeds])[0],
                                                       mean_sd([n.peak for n in seeds])[0])
     return out
+
+
+def largest_jump(curves: Curves) -> tuple[str, float, float, int] | None:
+    """The largest rise of a part's weight norm in one update, as (part, before, after, step), over the
+    `weights/<part>_norm` curves of one run (None if it logged none)."""
+    jumps = [(values[i] / values[i - 1], tag.split("/")[1].removesuffix("_norm"), values[i - 1], values[i], steps[i])
+             for tag, (steps, values) in curves.items() if tag.startswith("weights/") for i in range(1, len(values))
+             if values[i - 1] > 0]
+    return max(jumps)[1:] if jumps else None
