@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically (a temporary file, then a rename), read back safely (weights_only)."""
+"""Checkpoints: written atomically (a temporary file, then a rename), read back safely (weights_only); the run's
+folder checked before any work."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ import zipfile
 import torch
 
 FORMAT = "minippo-checkpoint-1"
+
+
+def prepare_run_dir(log_dir: str, name: str) -> None:
+    """Create log_dir/name; ValueError naming the fix if it cannot be created or written (a file in the way, no
+    permission)."""
+    path = os.path.join(log_dir, name)
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        raise ValueError(f"log_dir={log_dir!r} cannot hold the run {name!r} ({e}): choose another --log-dir") from None
 
 
 def save_checkpoint(path: str, state: dict) -> None:

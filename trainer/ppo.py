@@ -25,9 +25,9 @@ from envs import make_env
 from experience.buffer import SegmentedBuffer
 from experience.sampling import prio_beta, sample_segments, shuffled_minibatches
 from policies import make_policy
-from trainer.advantage import compute_advantages
-from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer import distributed
+from trainer.advantage import compute_advantages
+from trainer.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
 from trainer.host_memory import keep_freed_memory
@@ -49,13 +49,7 @@ class Trainer:
         cfg.check()  # every option on its own, before any work
         self.ranks = distributed.setup(cfg.resolved_device)  # one rank, unless launched by torchrun
         if self.ranks.main:
-            try:  # the run's folder, before any work: a file in its way or no permission is said now
-                os.makedirs(os.path.join(cfg.log_dir, cfg.name), exist_ok=True)
-                if not os.access(os.path.join(cfg.log_dir, cfg.name), os.W_OK):
-                    raise PermissionError("not writable")
-            except OSError as e:
-                raise ValueError(f"log_dir={cfg.log_dir!r} cannot hold the run {cfg.name!r} ({e}): choose another "
-                                 "--log-dir") from None
+            prepare_run_dir(cfg.log_dir, cfg.name)  # before any work: a file in its way or no permission is said now
         threads = cfg.torch_threads or (self.ranks.world > 1 and self.ranks.cpu_share())
         if threads:
             torch.set_num_threads(threads)
