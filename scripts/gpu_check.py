@@ -4,11 +4,11 @@
     python scripts/gpu_check.py --out DIR --tiny --no-tests   # on CPU, in seconds: how the suite checks this script
 
 Steps, each in its own process so one failure does not hide the others, each with its log in DIR:
-    tests     the test suite (on a CUDA machine every trainer test runs on the GPU: the device defaults to cuda)
     sync      scripts/bench.py --sync-check: no read back from the device while acting
-    sizes     env-only and end-to-end agent steps/s of Fast on the arena at three sizes (plain)
+    sizeN     env-only and end-to-end agent steps/s of Fast on the arena at N maps, three sizes (plain)
     switches  the largest size again with --bf16, --compile and both
-DIR/report.md has the device, torch version, date, commit and every figure.
+    tests     the test suite (on a CUDA machine every trainer test runs on the GPU: the device defaults to cuda)
+DIR/report.md has the device, torch version, date, commit and every figure; it is rewritten after every step.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ def step(name: str, cmd: list[str], out: str, timeout: int) -> tuple[int, float]
     return code, time.perf_counter() - start
 
 
+def write_report(out: str, lines: list[str], results: list[dict]) -> str:
+    """DIR/report.md from the steps so far: rewritten after every step, so a check cut short keeps what it measured."""
+    lines = lines + ["", "Agent steps/s, Fast on the arena (median of the repeats after a warm-up):", "",
+                     "| maps | agents | switches | env | e2e | rollout | learn |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        cells = [f"{r[k]:,.0f}" if r.get(k) else "-" for k in ("env", "e2e", "rollout", "learn")]
+        lines.append(f"| {r['maps']} | {r.get('agents', '-')} | {r['switches']} | " + " | ".join(cells) + " |")
+    report = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(report)
+    return report
+
+
 def main(args: Args) -> None:
     os.makedirs(args.out, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,16 +76,14 @@ def main(args: Args) -> None:
     lines = [f"# GPU check: {torch.cuda.get_device_name() if device == 'cuda' else machine()}", "",
              f"{datetime.date.today()}, torch {torch.__version__}, commit {commit()}, device {device}"
              f"{', tiny sizes' if args.tiny else ''}.", "", "| step | result | seconds |", "|---|---|---|"]
-    if args.tests:
-        code, seconds = step("tests", [sys.executable, "-m", "pytest", "-q", "-x"], args.out, args.timeout)
-        tail = open(os.path.join(args.out, "tests.log")).read().strip().splitlines()[-1:]
-        lines.append(f"| tests | {'passed' if code == 0 else f'exit {code}'}: {tail[0] if tail else ''} | {seconds:.0f} |")
     code, seconds = step("sync", [*bench, "--what", "act", "--num-envs", str(sizes[1]), "--sync-check"], args.out,
                          args.timeout)
     lines.append(f"| sync check at {sizes[1]} maps | {'no read while acting' if code == 0 else f'exit {code}'} | "
                  f"{seconds:.0f} |")
-    results = []
-    runs = [("sizes", [*bench, "--what", "env", "e2e", "--num-envs", *map(str, sizes)])]
+    results: list[dict] = []
+    write_report(args.out, lines, results)
+    # one step per size, so a size that runs out of time keeps the smaller ones' figures
+    runs = [(f"size{n}", [*bench, "--what", "env", "e2e", "--num-envs", str(n)]) for n in sizes]
     runs += [("switches" + "".join(s), [*bench, "--what", "e2e", "--num-envs", str(sizes[-1]), *s])
              for s in (["--bf16"], ["--compile"], ["--bf16", "--compile"]) if not args.tiny]
     for name, cmd in runs:
@@ -84,15 +95,12 @@ def main(args: Args) -> None:
                 found = json.load(f)
             results += [{**r, "switches": " ".join(a for a in cmd if a in ("--bf16", "--compile")) or "plain"}
                         for r in found["results"]]
-    lines += ["", "Agent steps/s, Fast on the arena (median of the repeats after a warm-up):", "",
-              "| maps | agents | switches | env | e2e | rollout | learn |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        cells = [f"{r[k]:,.0f}" if r.get(k) else "-" for k in ("env", "e2e", "rollout", "learn")]
-        lines.append(f"| {r['maps']} | {r.get('agents', '-')} | {r['switches']} | " + " | ".join(cells) + " |")
-    report = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(report)
-    print(report)
+        write_report(args.out, lines, results)
+    if args.tests:  # last: device time is scarce, and the figures are what only this machine can give
+        code, seconds = step("tests", [sys.executable, "-m", "pytest", "-q", "-x"], args.out, args.timeout)
+        tail = open(os.path.join(args.out, "tests.log")).read().strip().splitlines()[-1:]
+        lines.append(f"| tests | {'passed' if code == 0 else f'exit {code}'}: {tail[0] if tail else ''} | {seconds:.0f} |")
+    print(write_report(args.out, lines, results))
 
 
 if __name__ == "__main__":
