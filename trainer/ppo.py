@@ -154,7 +154,7 @@ class Trainer:
                 if cfg.nonfinite == "stop":
                     finite.append(checks)  # read with the statistics when the update ends
                 elif not self.ranks.all(checks.all()):  # skip: one read per minibatch, the same on every rank
-                    stats["skipped_minibatches"].append(torch.ones(()))
+                    stats["skipped_minibatches"].append(torch.ones((), device=self.device))
                     continue
                 self.optimizer.step()
                 self.policy.clip_weights()
@@ -166,7 +166,7 @@ class Trainer:
                              ("approx_kl", out.approx_kl), ("grad_norm", grad_norm), ("clipfrac", out.clipfrac)):
                     stats[k].append(v.detach())  # statistics stay on the device until the update ends
         stats["explained_variance"].append(explained_variance(data["values"], returns))
-        stats["skipped_minibatches"].append(torch.zeros(()))  # summed, not averaged, below
+        stats["skipped_minibatches"].append(torch.zeros((), device=self.device))  # summed, not averaged, below
         weights = torch.stack([p.isfinite().all() for p in self.policy.parameters()])
         means = [torch.stack(v).float().mean() if k != "skipped_minibatches" else torch.stack(v).sum()
                  for k, v in stats.items()]
