@@ -53,6 +53,16 @@ def test_learn_reads_back_once_per_minibatch_and_once_at_the_end(tmp_path):
     assert where == {"ppo.py tolist": 1}  # the metrics, once per update
 
 
+def test_rollout_and_learn_make_every_tensor_on_the_trainers_device(tmp_path):
+    """A tensor made without a device lands on the default one, the CPU, and on CUDA fails where it meets the policy's
+    tensors (the first GPU run found one in learn()). Here the default device is "meta" while the trainer runs on the
+    CPU, so such a tensor fails the same way on a machine without a GPU."""
+    trainer = small_trainer(tmp_path, env_overrides={"max_steps": 20})
+    with torch.device("meta"):
+        trainer.rollout()
+        trainer.learn()
+
+
 def policy_outputs(policy, env, steps=6):
     """Acting log-probs and values over a few steps, then the training recomputation of them."""
     g = torch.Generator().manual_seed(0)
