@@ -129,7 +129,8 @@ def analyze(args: Args) -> str:
     title = f"{study.policy} on {study.env}"
     messages = [summary]
     try:
-        returns_figure(os.path.join(args.out, "returns.png"), f"{title}: mean and min-max over seeds", curves, rows)
+        returns_figure(os.path.join(args.out, "returns.png"),
+                       f"{title}: mean and min-max over seeds, fixed on each panel's seeds", curves, rows)
         smooth = max(1, len(next(iter(curves.values()), {}).get("episode/return", ([], []))[1]) // 50)
         metrics_figure(os.path.join(args.out, "metrics.png"), title, curves, smooth)
         messages.append(f"wrote {args.out}/summary.md, returns.png and metrics.png")

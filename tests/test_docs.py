@@ -110,3 +110,25 @@ def test_the_walkthroughs_diagram_is_the_scripts_real_output():
                           text=True, cwd=ROOT)
     assert real.returncode == 0, real.stderr
     assert real.stdout == shown
+
+
+COLLAPSE_DATA = os.path.join(ROOT, "docs", "data", "collapse")
+
+
+@pytest.mark.parametrize("study", sorted(os.listdir(COLLAPSE_DATA)) if os.path.isdir(COLLAPSE_DATA) else [])
+def test_the_collapse_page_shows_each_studys_summary_as_its_csv_gives_it(study, tmp_path):
+    """docs/collapse.md shows docs/data/collapse/<study>/summary.md unchanged between its markers, and the analysis
+    of the committed curves.csv and runs.csv writes that summary again: every number on the page is the CSV's."""
+    import shutil
+
+    folder = os.path.join(COLLAPSE_DATA, study)
+    summary = open(os.path.join(folder, "summary.md")).read()
+    page = open(os.path.join(ROOT, "docs", "collapse.md")).read()
+    shown = re.search(rf"<!-- begin data/collapse/{study}/summary.md -->\n(.*?)<!-- end -->", page, re.S)
+    assert shown, f"docs/collapse.md has no block for {study}'s summary"
+    assert shown.group(1).strip() == summary.strip()
+    for name in ("study.json", "runs.csv", "curves.csv"):
+        shutil.copy(os.path.join(folder, name), tmp_path / name)
+    analysis = load_script("reproduce_collapse")
+    analysis.analyze(tyro.cli(analysis.Args, args=["--out", str(tmp_path), "--analyze-only"]))
+    assert (tmp_path / "summary.md").read_text() == summary

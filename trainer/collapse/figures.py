@@ -34,8 +34,9 @@ def returns_figure(path: str, title: str, curves: dict[tuple[str, int], Curves],
 
     plt, steps_format = _pyplot()
 
-    def band(config: str):
-        runs = [c[RETURN] for (name, _), c in curves.items() if name == config and c.get(RETURN, ([], []))[1]]
+    def band(config: str, seeds: set[int]):
+        runs = [c[RETURN] for (name, seed), c in curves.items()
+                if name == config and seed in seeds and c.get(RETURN, ([], []))[1]]
         if not runs:
             return None
         grid = np.array(max((steps for steps, _ in runs), key=len), dtype=float)
@@ -47,13 +48,14 @@ def returns_figure(path: str, title: str, curves: dict[tuple[str, int], Curves],
     height = math.ceil(len(others) / cols)
     fig, axes = plt.subplots(height, cols, figsize=(4 * cols, 3 * height), sharex=True, sharey=True, squeeze=False)
     for ax, row in zip(axes.flat, others):
+        seeds = {seed for name, seed in curves if name == row.config}  # fixed on the same seeds: the paired runs
         for config, color in dict.fromkeys([("fixed", "gray"), (row.config, "tab:red")]):
-            found = band(config)
+            found = band(config, seeds)
             if found is not None:
                 steps, mean, low, high = found
                 ax.plot(steps, mean, color=color, label=config)
                 ax.fill_between(steps, low, high, color=color, alpha=0.2)
-        ax.set_title(f"{row.config}: {row.verdict}", fontsize=9)
+        ax.set_title(f"{row.config}: {row.verdict} ({len(seeds)} seeds)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     for ax in axes.flat[len(others):]:
