@@ -183,7 +183,8 @@ def test_explained_variance_and_metrics_are_finite():
         assert math.isfinite(history[-1][key]), key
 
 
-def test_evaluate_runs_episodes_from_a_checkpoint(tmp_path):
+def trained_checkpoint_and_evaluate(tmp_path):
+    """A checkpoint after one update of a small nav run, and scripts/evaluate.py loaded as a module."""
     import importlib.util
     import os
     import sys
@@ -194,23 +195,19 @@ def test_evaluate_runs_episodes_from_a_checkpoint(tmp_path):
     spec = importlib.util.spec_from_file_location("evaluate", path)
     evaluate = sys.modules["evaluate"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate)
+    return trainer, evaluate
+
+
+def test_evaluate_runs_episodes_from_a_checkpoint(tmp_path):
+    trainer, evaluate = trained_checkpoint_and_evaluate(tmp_path)
     means = evaluate.evaluate(evaluate.Args(checkpoint=trainer.checkpoint_path, episodes=12, num_envs=4))
     assert 0 <= means["return"] <= 3 and means["length"] == 10  # nav's max_steps, overridden to 10
 
 
 def test_evaluate_writes_an_episode_as_an_animated_gif(tmp_path):
-    import importlib.util
-    import os
-    import sys
-
     from PIL import Image
 
-    trainer = Trainer(small_config(log_dir=str(tmp_path)))
-    trainer.train(updates=1, quiet=True)
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
-    spec = importlib.util.spec_from_file_location("evaluate", path)
-    evaluate = sys.modules["evaluate"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
+    trainer, evaluate = trained_checkpoint_and_evaluate(tmp_path)
     gif = str(tmp_path / "episode.gif")
     evaluate.evaluate(evaluate.Args(checkpoint=trainer.checkpoint_path, episodes=4, num_envs=2, gif=gif))
     assert Image.open(gif).n_frames == 11  # the first observation and the 10 steps of an episode (max_steps 10)
