@@ -72,6 +72,19 @@ def test_the_docs_show_commands_of_every_script():
     assert {"train.py", "evaluate.py", "play.py", "bench.py", "reproduce_collapse.py", "learning_bench.py"} <= shown
 
 
+@pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES])
+def test_every_link_of_the_docs_is_a_file_of_the_repository(page):
+    """A link to a file outside the repository (or to one since moved) is a link the reader cannot follow."""
+    text = open(os.path.join(ROOT, page)).read()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://|#", target):
+            continue
+        path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target.split("#")[0]))
+        assert os.path.commonpath([path, ROOT]) == ROOT, f"{page} links {target}, outside the repository"
+        assert os.path.exists(path), f"{page} links {target}, which does not exist"
+    assert "../shared" not in text, f"{page} names ../shared, which readers of the repository do not have"
+
+
 def test_readme_play_sample_is_the_real_output():
     readme = open(os.path.join(ROOT, "README.md")).read()
     sample = re.search(r"```\n\$ (python scripts/play\.py[^\n]*)\n(.*?)```", readme, re.S)
