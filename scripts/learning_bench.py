@@ -31,7 +31,7 @@ import tyro
 from envs import make_env
 from envs.scripted import ScriptedPlayer, play, random_actions
 from trainer.collapse.verdict import mean_sd, seed_numbers
-from trainer.runs import Study, machine, read_curves, read_runs, run_all, write_curves
+from trainer.runs import Study, read_curves, read_runs, run_all, write_curves
 
 BUDGETS = {"nav": 2_000_000, "memory": 1_000_000, "arena": 5_000_000}
 EPISODES = {"nav": 400, "memory": 400, "arena": 24}  # agent-episodes for the scripted and random scores
@@ -116,6 +116,16 @@ def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dic
     return rows, scores, curves
 
 
+def study_line(task: str, out: str) -> str:
+    """What the task's runs were (from its study.json and runs.csv, so a later analysis states the same)."""
+    with open(os.path.join(out, "study.json")) as f:
+        study = Study(**json.load(f))
+    runs = read_runs(out).values()
+    commits, machines = sorted({r["commit"] for r in runs}), sorted({r["machine"] for r in runs})
+    return (f"{task}: {study.policy}, preset {study.preset}{', ' + study.train_args if study.train_args else ''}, "
+            f"{study.budget:,} agent steps, commit {', '.join(commits)}, {'; '.join(machines)}")
+
+
 def table(results: list[tuple[list[dict], dict]], header: str) -> str:
     lines = [header, "",
              "| task | configuration | seeds | final | best | steps, core-min to 50% | to 90% | ev | kl | clip |",
@@ -182,6 +192,8 @@ def main(args: Args) -> None:
         results = []
         for task in args.tasks:
             out = os.path.join(args.out, task)
+            if args.analyze_only and not os.path.exists(os.path.join(out, "study.json")):
+                raise ValueError(f"{out} holds no study of {task}: run it without --analyze-only first")
             if not args.analyze_only:
                 study = Study(env=task, policy=args.policy, budget=budgets[task], preset=args.preset,
                               train_args=args.train_args)
@@ -190,10 +202,7 @@ def main(args: Args) -> None:
             results.append(task_rows(task, out, args.window))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    commits = sorted({r["commit"] for task in args.tasks for r in read_runs(os.path.join(args.out, task)).values()})
-    header = (f"{args.policy}, preset {args.preset}{', ' + args.train_args if args.train_args else ''}; budgets "
-              f"{', '.join(f'{t} {budgets[t]:,}' for t in args.tasks)} agent steps; commit {', '.join(commits)}; "
-              f"{machine()}.")
+    header = "; ".join(study_line(task, os.path.join(args.out, task)) for task in args.tasks) + "."
     summary = table([(rows, scores) for rows, scores, _ in results], header)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -125,23 +126,50 @@ def test_the_walkthroughs_diagram_is_the_scripts_real_output():
     assert real.stdout == shown
 
 
-COLLAPSE_DATA = os.path.join(ROOT, "docs", "data", "collapse")
+DATA = os.path.join(ROOT, "docs", "data")
 
 
-@pytest.mark.parametrize("study", sorted(os.listdir(COLLAPSE_DATA)) if os.path.isdir(COLLAPSE_DATA) else [])
+def studies(kind: str) -> list[str]:
+    folder = os.path.join(DATA, kind)
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def shown_summary(page: str, kind: str, study: str) -> str:
+    """docs/data/<kind>/<study>/summary.md, checked to be shown unchanged on the page between its markers."""
+    summary = open(os.path.join(DATA, kind, study, "summary.md")).read()
+    text = open(os.path.join(ROOT, "docs", page)).read()
+    shown = re.search(rf"<!-- begin data/{kind}/{study}/summary.md -->\n(.*?)<!-- end -->", text, re.S)
+    assert shown, f"docs/{page} has no block for {study}'s summary"
+    assert shown.group(1).strip() == summary.strip()
+    return summary
+
+
+def copy_study(source: str, target, names=("study.json", "runs.csv", "curves.csv")) -> None:
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        shutil.copy(os.path.join(source, name), os.path.join(target, name))
+
+
+@pytest.mark.parametrize("study", studies("collapse"))
 def test_the_collapse_page_shows_each_studys_summary_as_its_csv_gives_it(study, tmp_path):
     """docs/collapse.md shows docs/data/collapse/<study>/summary.md unchanged between its markers, and the analysis
     of the committed curves.csv and runs.csv writes that summary again: every number on the page is the CSV's."""
-    import shutil
-
-    folder = os.path.join(COLLAPSE_DATA, study)
-    summary = open(os.path.join(folder, "summary.md")).read()
-    page = open(os.path.join(ROOT, "docs", "collapse.md")).read()
-    shown = re.search(rf"<!-- begin data/collapse/{study}/summary.md -->\n(.*?)<!-- end -->", page, re.S)
-    assert shown, f"docs/collapse.md has no block for {study}'s summary"
-    assert shown.group(1).strip() == summary.strip()
-    for name in ("study.json", "runs.csv", "curves.csv"):
-        shutil.copy(os.path.join(folder, name), tmp_path / name)
+    summary = shown_summary("collapse.md", "collapse", study)
+    copy_study(os.path.join(DATA, "collapse", study), tmp_path)
     analysis = load_script("reproduce_collapse")
     analysis.analyze(tyro.cli(analysis.Args, args=["--out", str(tmp_path), "--analyze-only"]))
+    assert (tmp_path / "summary.md").read_text() == summary
+
+
+@pytest.mark.parametrize("study", studies("learning"))
+def test_the_learning_page_shows_each_benchmarks_summary_as_its_csv_gives_it(study, tmp_path):
+    """docs/learning.md shows docs/data/learning/<study>/summary.md unchanged between its markers, and
+    `learning_bench.py --analyze-only` on the committed CSVs (one folder per task) writes that summary again."""
+    summary = shown_summary("learning.md", "learning", study)
+    bench = load_script("learning_bench")
+    tasks = [task for task in bench.BUDGETS if os.path.isdir(os.path.join(DATA, "learning", study, task))]
+    for task in tasks:
+        copy_study(os.path.join(DATA, "learning", study, task), tmp_path / task,
+                   ("study.json", "runs.csv", "curves.csv", "reference.json"))
+    bench.main(tyro.cli(bench.Args, args=["--out", str(tmp_path), "--analyze-only", "--tasks", *tasks]))
     assert (tmp_path / "summary.md").read_text() == summary
