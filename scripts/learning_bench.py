@@ -160,11 +160,12 @@ def figure(path: str, results: list[tuple[list[dict], dict, dict]]) -> str:
             runs = [curves[(row["config"], s)]["episode/return"] for c, s in curves if c == row["config"]]
             grid = np.array(max((steps for steps, _ in runs), key=len), dtype=float)
             ys = np.array([np.interp(grid, steps, values, right=np.nan) for steps, values in runs]) / scores["scripted"]
-            ax.plot(grid, np.nanmean(ys, 0), color=f"C{i}", label=row["config"])
-            ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=f"C{i}", alpha=0.2)
+            for y in ys:  # each seed: learning is often bimodal, and a mean alone hides it
+                ax.plot(grid / 1e6, y, color=f"C{i}", alpha=0.3, linewidth=0.7)
+            ax.plot(grid / 1e6, np.nanmean(ys, 0), color=f"C{i}", label=f"{row['config']} (mean)")
         ax.axhline(scores["random"] / scores["scripted"], color="gray", linestyle="--", label="random")
         ax.set_title(rows[0]["task"] if rows else "")
-        ax.set_xlabel("agent steps")
+        ax.set_xlabel("agent steps (millions)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
