@@ -62,12 +62,16 @@ def config_name(config: str) -> str:
     return config.partition("=")[0]
 
 
+# The study reproduces Metta's semantics, whatever the presets' defaults: memory reset at every rollout.
+METTA_MEMORY = ["--memory", "reset"]
+
+
 def config_args(config: str) -> list[str]:
-    """train.py options of a configuration: its own, for a named variant; else its faults."""
+    """train.py options of a configuration: Metta's memory, then its own for a named variant, else its faults."""
     name, variant, options = config.partition("=")
     if variant:
-        return shlex.split(options)
-    return [] if name == "fixed" else ["--faults", name.replace("+", ",")]
+        return METTA_MEMORY + shlex.split(options)
+    return METTA_MEMORY + ([] if name == "fixed" else ["--faults", name.replace("+", ",")])
 
 
 def check_configs(configs: list[str], policy: str) -> None:
