@@ -4,7 +4,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# under pytest-xdist (-n 2) each worker takes one core: two workers with two threads each would spin against each other
+# under pytest-xdist (-n auto: a worker per core) each worker takes one thread, or they would spin against each other
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
