@@ -1,13 +1,15 @@
 """Many trainings, each `scripts/train.py` in its own process, in one folder that remembers what finished.
 
     Study         what every run in the folder shares (saved as study.json; a folder holds one study)
+    claim         the folder for one study: locked against a second runner, study.json written or checked
+    train         one run of scripts/train.py, its row appended to runs.csv when it ends
     run_all       runs every (configuration, seed) not finished yet, `jobs` at a time, one torch thread per core
                   each; a row per finished run goes to runs.csv (seconds, error, commit, machine, command). Run it
                   again to resume an interrupted study, or with more seeds or configurations to extend one.
     write_curves  every finished run's logged scalars, one row per update, into curves.csv
     read_runs, read_curves, read_scalars
 
-scripts/reproduce_collapse.py and scripts/learning_bench.py are built on it.
+scripts/reproduce_collapse.py, scripts/learning_bench.py and scripts/tune.py are built on it.
 """
 
 from __future__ import annotations
@@ -121,14 +123,13 @@ def train(out: str, study: Study, name: str, options: list[str], seed: int, thre
     return row
 
 
-def run_all(out: str, study: Study, configs: dict[str, list[str]], seeds: int, jobs: int,
-            keep_checkpoints: bool = False) -> None:
-    """Every configuration (name -> its own train.py options) with seeds 0..seeds-1, skipping finished runs;
-    ValueError if the folder holds another study, runs of a name made with other options, or a live runner."""
+def claim(out: str, study: Study):
+    """The folder `out` for `study`, locked against a second runner (the lock lives as long as the returned file);
+    study.json written the first time, and checked every time after: ValueError if it holds another study."""
     os.makedirs(out, exist_ok=True)
     lock_file = open(os.path.join(out, ".lock"), "w")
     try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ValueError(f"another runner is working in {out}: wait for it, or use another folder") from None
     settings = os.path.join(out, "study.json")
@@ -141,6 +142,14 @@ def run_all(out: str, study: Study, configs: dict[str, list[str]], seeds: int, j
     else:
         with open(settings, "w") as f:
             json.dump(asdict(study), f, indent=1)
+    return lock_file
+
+
+def run_all(out: str, study: Study, configs: dict[str, list[str]], seeds: int, jobs: int,
+            keep_checkpoints: bool = False) -> None:
+    """Every configuration (name -> its own train.py options) with seeds 0..seeds-1, skipping finished runs;
+    ValueError if the folder holds another study, runs of a name made with other options, or a live runner."""
+    lock = claim(out, study)  # noqa: F841 (held until this function returns)
     runs = read_runs(out)
     for name, options in configs.items():
         made = [row for (c, _), row in runs.items() if c == name and not row["command"].endswith(shlex.join(options))]
