@@ -62,16 +62,17 @@ def config_name(config: str) -> str:
     return config.partition("=")[0]
 
 
-# The study reproduces Metta's semantics, whatever the presets' defaults: memory reset at every rollout.
-METTA_MEMORY = ["--memory", "reset"]
+# The study reproduces Metta's semantics, whatever the presets' defaults: memory reset at every rollout, and the
+# last column of every segment without a successor's value.
+METTA_SEMANTICS = ["--memory", "reset", "--no-horizon-bootstrap"]
 
 
 def config_args(config: str) -> list[str]:
-    """train.py options of a configuration: Metta's memory, then its own for a named variant, else its faults."""
+    """train.py options of a configuration: Metta's semantics, then its own for a named variant, else its faults."""
     name, variant, options = config.partition("=")
     if variant:
-        return METTA_MEMORY + shlex.split(options)
-    return METTA_MEMORY + ([] if name == "fixed" else ["--faults", name.replace("+", ",")])
+        return METTA_SEMANTICS + shlex.split(options)
+    return METTA_SEMANTICS + ([] if name == "fixed" else ["--faults", name.replace("+", ",")])
 
 
 def check_configs(configs: list[str], policy: str) -> None:

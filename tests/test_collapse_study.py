@@ -141,6 +141,17 @@ def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys
         s.main(s.Args(configs=["fixed", "typo"], out=str(tmp_path)))
 
 
+def test_every_configuration_runs_with_mettas_semantics_whatever_the_presets_default_to():
+    import tyro
+
+    from trainer.config import PRESETS, TrainConfig
+
+    s = study()
+    for config in ("fixed", "no_relu", "prefix", "forget=--lstm-init forget"):
+        cfg = tyro.cli(TrainConfig, default=PRESETS["cpu"], args=s.config_args(config))
+        assert (cfg.memory, cfg.horizon_bootstrap, cfg.truncation_bootstrap) == ("reset", False, "previous")
+
+
 def test_configurations_are_checked_before_anything_runs(tmp_path):
     s = study()
     for configs, message in ((["fixed", "fixed"], "named twice"),

@@ -1,6 +1,6 @@
 """Training configuration: the field docstrings are `scripts/train.py --help`. Defaults are Metta's (reference
-section 5) scaled to one machine; `PRESETS` holds the CPU and GPU sizes, and the one semantic default measured
-better than Metta's (memory carried across rollouts)."""
+section 5) scaled to one machine; `PRESETS` holds the CPU and GPU sizes, and the two semantic defaults measured
+better than Metta's (memory carried across rollouts, a value at every horizon)."""
 
 from __future__ import annotations
 
@@ -239,12 +239,16 @@ class TrainConfig:
                                                                             if k in RESUMABLE})
 
 
-# Both carry memory across rollouts (docs/learning.md, issue 15): on memory at bptt 16 the seeds that learned reached
-# 1.00 with carry and stayed under reset's cap (0.85-0.88); nav and the arena ended the same. --memory reset is Metta's.
+# Both carry memory across rollouts and value the horizon (docs/learning.md, issue 15): on memory at bptt 16 the seeds
+# that learned reached 1.00 with carry and stayed under reset's cap (0.85-0.88), and with carry the 2 of 6 seeds that
+# learned with the horizon bootstrap held 1.00 while without it none ended above chance; nav and the arena ended the
+# same. Metta's semantics: --memory reset --no-horizon-bootstrap.
 PRESETS = {
     # 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches and a learning rate 6.5x
     # Metta's (its 4.57e-4 with 4 minibatches per 16k batch left the KL at ~1e-5: nothing learned in 400k steps).
-    "cpu": TrainConfig(num_envs=64, minibatch_size=1024, learning_rate=3e-3, memory="carry"),
+    "cpu": TrainConfig(num_envs=64, minibatch_size=1024, learning_rate=3e-3, memory="carry",
+                       horizon_bootstrap=True),
     # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps per batch; Metta's is 524,288).
-    "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000, memory="carry"),
+    "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000, memory="carry",
+                       horizon_bootstrap=True),
 }
