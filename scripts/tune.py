@@ -63,6 +63,7 @@ def suggest(trial, bptt: int) -> list[str]:
             "--learning-rate", number("learning_rate", 3e-4, 1e-2),
             "--anneal-lr" if trial.suggest_categorical("anneal_lr", [False, True]) else "--no-anneal-lr",
             "--ent-coef", number("ent_coef", 1e-4, 3e-2),
+            "--norm-adv" if trial.suggest_categorical("norm_adv", [True, False]) else "--no-norm-adv",
             "--vf-coef", number("vf_coef", 0.2, 2.0),
             "--vf-clip-coef", number("vf_clip_coef", 0.1, 10.0),
             "--clip-coef", number("clip_coef", 0.1, 0.3, log=False),

@@ -68,6 +68,13 @@ def test_advantages_are_normalised_with_their_mean_removed_before_the_weights():
     assert loss_of(torch.zeros(4), advantages, weights).pg_loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_without_normalisation_the_surrogate_takes_the_advantages_as_computed():
+    advantages, weights = torch.tensor([3.0, 5.0, 4.0, 8.0]), torch.tensor([1.0, 2.0, 0.5, 1.0])
+    zeros = torch.zeros(4)
+    out = ppo_loss(zeros, zeros, advantages, weights, zeros, zeros, zeros, zeros, **COEFS, norm_adv=False)
+    assert out.pg_loss.item() == pytest.approx(-(advantages * weights).mean().item(), rel=1e-6)  # -5.0
+
+
 def test_segment_weights_apply_to_every_step_of_their_segment():
     """Guards against the per-segment importance weights broadcasting along the wrong axis."""
     advantages = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 4.0]])

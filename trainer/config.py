@@ -113,6 +113,9 @@ class TrainConfig:
     """Value loss weight."""
     ent_coef: float = 0.0021
     """Entropy bonus weight."""
+    norm_adv: bool = True
+    """Normalise the advantages to mean 0 and standard deviation 1 over each minibatch (Metta's); off: the policy
+    loss takes them as computed, so its scale follows the rewards'."""
     max_grad_norm: float = 0.5
     """Gradient norm clip."""
     sampling: str = "prioritized"

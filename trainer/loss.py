@@ -2,6 +2,7 @@
 
     ratio      = exp(log π(a|s) − log μ(a|s))                 π: the policy now, μ: the policy that acted
     Â          = (A − mean A) / (std A + 1e-8) · w            w: the importance weight of prioritized sampling
+                                                              (A · w when norm_adv is off)
     pg_loss    = mean max(−Â · ratio, −Â · clip(ratio, 1 − ε, 1 + ε))
     V_clipped  = V_old + clip(V − V_old, −ε_V, ε_V)
     v_loss     = ½ · mean max((V − R)², (V_clipped − R)²)
@@ -32,12 +33,12 @@ def normalize(advantages: torch.Tensor) -> torch.Tensor:
 
 def ppo_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
              values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor, *,
-             clip_coef: float, vf_clip_coef: float, vf_coef: float, ent_coef: float) -> PPOLoss:
+             clip_coef: float, vf_clip_coef: float, vf_coef: float, ent_coef: float, norm_adv: bool = True) -> PPOLoss:
     """Every tensor is per step ([segments, bptt] or any shape) except `weights`, one per segment ([segments])."""
-    # policy: the clipped surrogate, on normalised advantages weighted by the sampling's importance weights
+    # policy: the clipped surrogate, on (normalised) advantages weighted by the sampling's importance weights
     log_ratio = new_log_prob - old_log_prob
     ratio = log_ratio.exp()
-    adv = normalize(advantages) * weights.view(-1, *([1] * (advantages.dim() - 1)))
+    adv = (normalize(advantages) if norm_adv else advantages) * weights.view(-1, *([1] * (advantages.dim() - 1)))
     pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
 
     # value: squared error, clipped around the values the rollout recorded

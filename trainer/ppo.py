@@ -144,7 +144,7 @@ class Trainer:
                 out = ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
                                new["values"], minibatch["values"], returns[index], new["entropy"],
                                clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
-                               ent_coef=cfg.ent_coef)
+                               ent_coef=cfg.ent_coef, norm_adv=cfg.norm_adv)
 
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
