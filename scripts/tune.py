@@ -25,8 +25,8 @@ import tyro
 
 from learning_bench import BUDGETS, reference_scores
 from trainer.collapse.verdict import seed_numbers
-from trainer.config import TrainConfig
-from trainer.runs import Study, claim, read_runs, read_scalars, train, write_curves
+from trainer.config import PRESETS, TrainConfig
+from trainer.runs import Study, claim, read_runs, read_scalars, threads_per_run, train, write_curves
 
 
 @dataclass
@@ -97,13 +97,15 @@ def main(args: Args) -> None:
     except ImportError:
         sys.exit('error: the search needs Optuna: pip install -e ".[tune]"')
     out = os.path.join(args.out, args.task)
-    given = shlex.split(args.train_args)
-    bptt = int(given[given.index("--bptt") + 1]) if "--bptt" in given else TrainConfig.bptt
     try:
         if args.trials < 1 or args.seeds < 1 or args.jobs < 1:
             raise ValueError("--trials, --seeds and --jobs take 1 or more")
         if args.task not in BUDGETS:
             raise ValueError(f"task {args.task!r}: the scripted player plays {sorted(BUDGETS)}")
+        if args.preset not in PRESETS:
+            raise ValueError(f"preset {args.preset!r}: choose one of {sorted(PRESETS)}")
+        # the runs' own settings, parsed as train.py parses them (bad train args stop here, not in every trial)
+        bptt = tyro.cli(TrainConfig, default=PRESETS[args.preset], args=shlex.split(args.train_args)).bptt
         study = Study(env=args.task, policy=args.policy, budget=args.budget, preset=args.preset,
                       train_args=args.train_args)
         lock = claim(out, study)  # noqa: F841 (held for the whole search)
@@ -116,7 +118,7 @@ def main(args: Args) -> None:
                                  sampler=optuna.samplers.TPESampler(seed=args.sampler_seed, constant_liar=True))
     for stale in search.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
         search.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # its process was stopped: its runs are redone
-    threads, ledger = max(1, (os.cpu_count() or 1) // args.jobs), threading.Lock()
+    threads, ledger = threads_per_run(args.jobs), threading.Lock()
 
     def objective(trial) -> float:
         name, options = f"t{trial.number:03d}", suggest(trial, bptt)

@@ -57,8 +57,11 @@ def test_every_trial_is_a_recorded_run_scored_as_a_fraction_of_the_scripted_scor
 
 
 def test_a_trial_that_crashes_is_recorded_with_its_error_and_bad_input_is_named(out, capsys):
+    assert tune(out, "--train-args=--no-such-option 1") == "2"  # train.py's parser refused it, before any run
+    assert not (out / "nav" / "runs.csv").exists() and "no-such-option" in capsys.readouterr().err
     assert tune(out, "--trials", "1", "--budget", "512", "--train-args=--num-envs 2 --bptt 8") == ""
     (row,) = trials(out)
     assert row["score"] == "" and "minibatches of" in row["error"] and "CRASHED" in capsys.readouterr().out
     assert "the scripted player plays" in tune(out, "--task", "maze")
     assert "take 1 or more" in tune(out, "--trials", "0")
+    assert "choose one of" in tune(out, "--preset", "tpu")

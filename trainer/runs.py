@@ -2,7 +2,8 @@
 
     Study         what every run in the folder shares (saved as study.json; a folder holds one study)
     claim         the folder for one study: locked against a second runner, study.json written or checked
-    train         one run of scripts/train.py, its row appended to runs.csv when it ends
+    train         one run of scripts/train.py, its row appended to runs.csv when it ends (threads_per_run: its
+                  torch threads when several run at once)
     run_all       runs every (configuration, seed) not finished yet, `jobs` at a time, one torch thread per core
                   each; a row per finished run goes to runs.csv (seconds, error, commit, machine, command). Run it
                   again to resume an interrupted study, or with more seeds or configurations to extend one.
@@ -145,6 +146,11 @@ def claim(out: str, study: Study):
     return lock_file
 
 
+def threads_per_run(jobs: int) -> int:
+    """Torch threads for each of `jobs` runs at once: the cores shared out, so no two runs spin on one core."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def run_all(out: str, study: Study, configs: dict[str, list[str]], seeds: int, jobs: int,
             keep_checkpoints: bool = False) -> None:
     """Every configuration (name -> its own train.py options) with seeds 0..seeds-1, skipping finished runs;
@@ -157,7 +163,7 @@ def run_all(out: str, study: Study, configs: dict[str, list[str]], seeds: int, j
             raise ValueError(f"{out} has runs of {name!r} made with other options ({made[0]['command']}): "
                              "give this configuration another name")
     todo = [(name, seed) for seed in range(seeds) for name in configs if not finished(out, runs, name, seed)]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_run(jobs)
     print(f"{len(todo)} runs to do ({seeds * len(configs) - len(todo)} already finished) of {study.budget:,} agent "
           f"steps, {jobs} at a time with {threads} torch threads each; in {out}", flush=True)
     ledger = threading.Lock()
