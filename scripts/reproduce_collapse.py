@@ -37,7 +37,7 @@ from trainer.runs import Study, read_curves, read_runs, run_all, write_curves
 
 @dataclass
 class Args:
-    study: tyro.conf.OmitArgPrefixes[Study] = field(default_factory=Study)
+    study: tyro.conf.OmitArgPrefixes[Study] = field(default_factory=lambda: Study(preset="metta"))
     configs: list[str] = field(default_factory=lambda: ["fixed", *FAULTS, *PRESETS])
     """Configurations to run: fixed, a fault, a preset, faults joined by + (e.g. no_detach+no_memory_reset), or
     name=train.py options (e.g. "forget_init=--lstm-init forget")."""
@@ -62,17 +62,13 @@ def config_name(config: str) -> str:
     return config.partition("=")[0]
 
 
-# The study reproduces Metta's semantics, whatever the presets' defaults: memory reset at every rollout, and the
-# last column of every segment without a successor's value.
-METTA_SEMANTICS = ["--memory", "reset", "--no-horizon-bootstrap"]
-
-
 def config_args(config: str) -> list[str]:
-    """train.py options of a configuration: Metta's semantics, then its own for a named variant, else its faults."""
+    """train.py options of a configuration: its own for a named variant, else its faults (on the study's preset,
+    by default `metta`: Metta's hyperparameters and semantics, whatever the other presets were tuned to)."""
     name, variant, options = config.partition("=")
     if variant:
-        return METTA_SEMANTICS + shlex.split(options)
-    return METTA_SEMANTICS + ([] if name == "fixed" else ["--faults", name.replace("+", ",")])
+        return shlex.split(options)
+    return [] if name == "fixed" else ["--faults", name.replace("+", ",")]
 
 
 def check_configs(configs: list[str], policy: str) -> None:

@@ -4,8 +4,9 @@
     python scripts/train.py --preset gpu --policy latent_attn_small
     python scripts/train.py --resume runs/nav_fast_0/checkpoint.pt
 
---preset cpu|gpu picks the batch sizes (default: gpu when CUDA is available); every option below
-overrides it. Logs go to TensorBoard (tensorboard --logdir runs).
+--preset cpu|gpu picks the batch sizes and the tuned settings (default: gpu when CUDA is available);
+--preset metta is Metta's hyperparameters and semantics at the cpu size. Every option below overrides the
+preset. Logs go to TensorBoard (tensorboard --logdir runs).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ and scores the mean over seeds of learning_bench's "final": the return over the 
 of the scripted player's score. Every trial is a configuration (t000, t001, ...) of one trainer/runs.py study in
 --out/<task>: its command is in runs.csv, its curves in curves.csv, so
 `learning_bench.py --analyze-only --tasks <task> --out <out>` tables every trial. trials.csv lists each trial's
-score, core-minutes and options, best first. The search resumes where it stopped: run the same command again.
+score, core-minutes and options, best first, and trials.md tables the drawn values with each run's explained
+variance and approx_kl. The search resumes where it stopped: run the same command again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tyro
 from learning_bench import BUDGETS, reference_scores
 from trainer.collapse.verdict import seed_numbers
 from trainer.config import PRESETS, TrainConfig
-from trainer.runs import Study, claim, read_runs, read_scalars, threads_per_run, train, write_curves
+from trainer.runs import Study, claim, read_curves, read_runs, read_scalars, threads_per_run, train, write_curves
 
 
 @dataclass
@@ -72,20 +73,37 @@ def suggest(trial, bptt: int) -> list[str]:
             "--lstm-init", trial.suggest_categorical("lstm_init", ["metta", "forget"])]
 
 
-def write_trials(path: str, study, out: str) -> list[dict]:
-    """trials.csv: every finished trial, best first (a crashed trial last, with its error)."""
+def write_trials(out: str, study) -> list[dict]:
+    """trials.csv: every finished trial, best first (a crashed trial last, with its error); trials.md: the same as a
+    table of the drawn values, with each run's explained variance and approx_kl over its last 10% of updates."""
     seconds: dict[str, float] = {}
     for (config, _), row in read_runs(out).items():
         seconds[config] = seconds.get(config, 0.0) + float(row["seconds"])
-    rows = [{"trial": f"t{t.number:03d}", "score": "" if t.value is None else f"{t.value:.4f}",
-             "core_minutes": f"{seconds.get(f't{t.number:03d}', 0) / 60:.1f}",
-             "error": t.user_attrs.get("error", ""), "options": t.user_attrs.get("options", "")}
-            for t in study.trials if t.state.is_finished() and "options" in t.user_attrs]
-    rows.sort(key=lambda r: -float(r["score"] or "-inf"))
-    with open(path, "w", newline="") as f:
+    curves = read_curves(out)
+    trials = sorted((t for t in study.trials if t.state.is_finished() and "options" in t.user_attrs),
+                    key=lambda t: -(t.value if t.value is not None and not math.isnan(t.value) else -math.inf))
+    rows, lines = [], []
+    for t in trials:
+        name = f"t{t.number:03d}"
+        rows.append({"trial": name, "score": "" if t.value is None else f"{t.value:.4f}",
+                     "core_minutes": f"{seconds.get(name, 0) / 60:.1f}", "error": t.user_attrs.get("error", ""),
+                     "options": t.user_attrs["options"]})
+        tails = {tag: [v for (c, _), run in curves.items() if c == name
+                       for v in run[tag][1][-max(1, round(0.1 * len(run[tag][1]))):]]
+                 for tag in ("losses/explained_variance", "losses/approx_kl")}
+        ev, kl = (f"{sum(v) / len(v):.2g}" if v else "-" for v in tails.values())
+        drawn = [f"{v:.3g}" if isinstance(v, float) else {True: "on", False: "off"}.get(v, str(v))
+                 for v in t.params.values()]
+        lines.append(f"| {name} | {rows[-1]['score'] or 'crashed'} | {rows[-1]['core_minutes']} | {ev} | {kl} | "
+                     + " | ".join(drawn) + " |")
+    with open(os.path.join(out, "trials.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, ["trial", "score", "core_minutes", "error", "options"])
         writer.writeheader()
         writer.writerows(rows)
+    names = list(trials[0].params) if trials else []
+    with open(os.path.join(out, "trials.md"), "w") as f:
+        f.write("| trial | score | core-min | ev | kl | " + " | ".join(names) + " |\n"
+                + "|---" * (5 + len(names)) + "|\n" + "".join(line + "\n" for line in lines))
     return rows
 
 
@@ -147,8 +165,8 @@ def main(args: Args) -> None:
         except KeyboardInterrupt:
             sys.exit("interrupted: run the same command again to resume")
     write_curves(out)
-    rows = write_trials(os.path.join(out, "trials.csv"), search, out)
-    print(f"wrote {os.path.join(out, 'trials.csv')}; the best:")
+    rows = write_trials(out, search)
+    print(f"wrote {out}/trials.csv and trials.md; the best:")
     for row in rows[:5]:
         print(f"  {row['trial']}  {row['score']}  {row['options']}")
 

@@ -141,15 +141,22 @@ def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys
         s.main(s.Args(configs=["fixed", "typo"], out=str(tmp_path)))
 
 
-def test_every_configuration_runs_with_mettas_semantics_whatever_the_presets_default_to():
+def test_every_configuration_runs_with_mettas_hyperparameters_and_semantics_whatever_the_presets_were_tuned_to():
+    import dataclasses
+
     import tyro
 
     from trainer.config import PRESETS, TrainConfig
 
     s = study()
+    preset = s.Args().study.preset
+    sizes = {"num_envs", "minibatch_size", "learning_rate", "faults", "lstm_init"}
     for config in ("fixed", "no_relu", "prefix", "forget=--lstm-init forget"):
-        cfg = tyro.cli(TrainConfig, default=PRESETS["cpu"], args=s.config_args(config))
+        cfg = tyro.cli(TrainConfig, default=PRESETS[preset], args=s.config_args(config))
         assert (cfg.memory, cfg.horizon_bootstrap, cfg.truncation_bootstrap) == ("reset", False, "previous")
+        for f in dataclasses.fields(TrainConfig):  # every other setting is TrainConfig's default: Metta's
+            if f.name not in sizes:
+                assert getattr(cfg, f.name) == getattr(TrainConfig(), f.name), f.name
 
 
 def test_configurations_are_checked_before_anything_runs(tmp_path):

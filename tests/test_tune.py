@@ -50,6 +50,9 @@ def test_every_trial_is_a_recorded_run_scored_as_a_fraction_of_the_scripted_scor
         assert runs[(row["trial"], 0)]["command"].endswith(row["options"]) and "--update-epochs" in row["options"]
         steps, values = curves[(row["trial"], 0)]["episode/return"]
         assert float(row["score"]) == pytest.approx(seed_numbers(steps, values, 0.1, 0.0).final / 3.0, abs=1e-4)
+    table = (out / "nav" / "trials.md").read_text().splitlines()  # the same trials, best first, drawn values as columns
+    assert table[0].startswith("| trial | score | core-min | ev | kl | update_epochs |") and len(table) == 2 + 2
+    assert [line.split(" | ")[0][2:] for line in table[2:]] == [r["trial"] for r in rows]
     capsys.readouterr()
     assert tune(out, "--trials", "3", *tiny) == ""
     assert "1 trials to do (2 finished)" in capsys.readouterr().out and len(trials(out)) == 3

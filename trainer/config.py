@@ -254,4 +254,7 @@ PRESETS = {
     # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps per batch; Metta's is 524,288).
     "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000, memory="carry",
                        horizon_bootstrap=True),
+    # Metta's hyperparameters and semantics (TrainConfig's defaults) at the cpu preset's size and learning rate:
+    # what the collapse study runs.
+    "metta": TrainConfig(num_envs=64, minibatch_size=1024, learning_rate=3e-3),
 }

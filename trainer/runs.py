@@ -44,7 +44,7 @@ class Study:
     budget: int = 300_000
     """Agent steps per run (the default set takes about 30 minutes on 2 CPU cores)."""
     preset: str = "cpu"
-    """scripts/train.py preset for batch sizes and learning rate."""
+    """scripts/train.py preset: cpu, gpu, or metta (Metta's hyperparameters and semantics at the cpu size)."""
     train_args: str = ""
     """More scripts/train.py options for every run, e.g. --train-args="--lstm-init forget --num-envs 256" (with the =)."""
 
