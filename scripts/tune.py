@@ -80,7 +80,7 @@ def write_trials(out: str, study) -> list[dict]:
     for (config, _), row in read_runs(out).items():
         seconds[config] = seconds.get(config, 0.0) + float(row["seconds"])
     curves = read_curves(out)
-    trials = sorted((t for t in study.trials if t.state.is_finished() and "options" in t.user_attrs),
+    trials = sorted((t for t in study.trials if t.state.name == "COMPLETE" or "error" in t.user_attrs),  # not stopped ones
                     key=lambda t: -(t.value if t.value is not None and not math.isnan(t.value) else -math.inf))
     rows, lines = [], []
     for t in trials:
@@ -92,7 +92,7 @@ def write_trials(out: str, study) -> list[dict]:
                        for v in run[tag][1][-max(1, round(0.1 * len(run[tag][1]))):]]
                  for tag in ("losses/explained_variance", "losses/approx_kl")}
         ev, kl = (f"{sum(v) / len(v):.2g}" if v else "-" for v in tails.values())
-        drawn = [f"{v:.3g}" if isinstance(v, float) else {True: "on", False: "off"}.get(v, str(v))
+        drawn = [f"{v:.3g}" if isinstance(v, float) else ("on" if v else "off") if isinstance(v, bool) else str(v)
                  for v in t.params.values()]
         lines.append(f"| {name} | {rows[-1]['score'] or 'crashed'} | {rows[-1]['core_minutes']} | {ev} | {kl} | "
                      + " | ".join(drawn) + " |")

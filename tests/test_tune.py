@@ -53,6 +53,7 @@ def test_every_trial_is_a_recorded_run_scored_as_a_fraction_of_the_scripted_scor
     table = (out / "nav" / "trials.md").read_text().splitlines()  # the same trials, best first, drawn values as columns
     assert table[0].startswith("| trial | score | core-min | ev | kl | update_epochs |") and len(table) == 2 + 2
     assert [line.split(" | ")[0][2:] for line in table[2:]] == [r["trial"] for r in rows]
+    assert all(line.split(" | ")[5] in {"1", "2", "4"} for line in table[2:])  # epochs, not a boolean's "on"
     capsys.readouterr()
     assert tune(out, "--trials", "3", *tiny) == ""
     assert "1 trials to do (2 finished)" in capsys.readouterr().out and len(trials(out)) == 3
