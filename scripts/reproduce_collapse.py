@@ -147,6 +147,9 @@ def main(args: Args) -> None:
         if args.seeds < 1 or args.jobs < 1 or not 0 < args.window <= 1:
             raise ValueError("seeds and jobs must be at least 1, window in (0, 1]")
         if not args.analyze_only:
+            if args.study.preset != "metta":  # also keeps a folder of the old cpu preset's runs from being extended
+                raise ValueError(f"preset {args.study.preset!r}: the study runs Metta's hyperparameters and semantics: "
+                                 f"--preset metta (the default); vary a setting with a configuration name=options")
             configs = {config_name(config): config_args(config) for config in args.configs}
             run_all(args.out, args.study, configs, args.seeds, args.jobs, args.keep_checkpoints)
             write_curves(args.out)

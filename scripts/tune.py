@@ -73,6 +73,12 @@ def suggest(trial, bptt: int) -> list[str]:
             "--lstm-init", trial.suggest_categorical("lstm_init", ["metta", "forget"])]
 
 
+def tail_mean(runs: list[list[float]]) -> str:
+    """The mean over runs of each one's last 10% of updates, as the learning benchmark takes it."""
+    tail = [v for values in runs for v in values[-max(1, round(0.1 * len(values))):]]
+    return f"{sum(tail) / len(tail):.2g}" if tail else "-"
+
+
 def write_trials(out: str, study) -> list[dict]:
     """trials.csv: every finished trial, best first (a crashed trial last, with its error); trials.md: the same as a
     table of the drawn values, with each run's explained variance and approx_kl over its last 10% of updates."""
@@ -82,25 +88,23 @@ def write_trials(out: str, study) -> list[dict]:
     curves = read_curves(out)
     trials = sorted((t for t in study.trials if t.state.name == "COMPLETE" or "error" in t.user_attrs),  # not stopped ones
                     key=lambda t: -(t.value if t.value is not None and not math.isnan(t.value) else -math.inf))
+    names = list(dict.fromkeys(n for t in trials for n in t.params))  # suggest's order
     rows, lines = [], []
     for t in trials:
         name = f"t{t.number:03d}"
         rows.append({"trial": name, "score": "" if t.value is None else f"{t.value:.4f}",
                      "core_minutes": f"{seconds.get(name, 0) / 60:.1f}", "error": t.user_attrs.get("error", ""),
                      "options": t.user_attrs["options"]})
-        tails = {tag: [v for (c, _), run in curves.items() if c == name
-                       for v in run[tag][1][-max(1, round(0.1 * len(run[tag][1]))):]]
-                 for tag in ("losses/explained_variance", "losses/approx_kl")}
-        ev, kl = (f"{sum(v) / len(v):.2g}" if v else "-" for v in tails.values())
+        ev, kl = (tail_mean([run[tag][1] for (c, _), run in curves.items() if c == name and tag in run])
+                  for tag in ("losses/explained_variance", "losses/approx_kl"))
         drawn = [f"{v:.3g}" if isinstance(v, float) else ("on" if v else "off") if isinstance(v, bool) else str(v)
-                 for v in t.params.values()]
+                 for v in (t.params.get(n, "-") for n in names)]
         lines.append(f"| {name} | {rows[-1]['score'] or 'crashed'} | {rows[-1]['core_minutes']} | {ev} | {kl} | "
                      + " | ".join(drawn) + " |")
     with open(os.path.join(out, "trials.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, ["trial", "score", "core_minutes", "error", "options"])
         writer.writeheader()
         writer.writerows(rows)
-    names = list(trials[0].params) if trials else []
     with open(os.path.join(out, "trials.md"), "w") as f:
         f.write("| trial | score | core-min | ev | kl | " + " | ".join(names) + " |\n"
                 + "|---" * (5 + len(names)) + "|\n" + "".join(line + "\n" for line in lines))

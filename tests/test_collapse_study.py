@@ -120,7 +120,7 @@ SMALL = "--num-envs 8 --bptt 16 --minibatch-size 64 --env-overrides max_steps 10
 def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys):
     s = study()
     args = s.Args(configs=["fixed", "no_detach+no_memory_reset"], seeds=1, out=str(tmp_path),
-                  study=s.Study(budget=8 * 16 * 3, train_args=SMALL))
+                  study=s.Study(preset="metta", budget=8 * 16 * 3, train_args=SMALL))
     s.main(args)
     summary = (tmp_path / "summary.md").read_text()
     assert "| fixed | 1 |" in summary and "| no_detach+no_memory_reset | 1 | - |" in summary and "crashes" in summary
@@ -136,7 +136,9 @@ def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys
     assert len(rows) == 1 + 5 and sum(r.startswith("fixed,0,") for r in rows) == 1
     assert "| forget | 2 |" in (tmp_path / "summary.md").read_text()
     with pytest.raises(SystemExit, match="holds a study with other settings"):
-        s.main(args.__class__(**{**vars(args), "study": s.Study(budget=999)}))
+        s.main(args.__class__(**{**vars(args), "study": s.Study(preset="metta", budget=999)}))
+    with pytest.raises(SystemExit, match="runs Metta's hyperparameters and semantics: --preset metta"):
+        s.main(args.__class__(**{**vars(args), "study": s.Study(preset="cpu", budget=8 * 16 * 3, train_args=SMALL)}))
     with pytest.raises(SystemExit, match="unknown fault 'typo'"):
         s.main(s.Args(configs=["fixed", "typo"], out=str(tmp_path)))
 
@@ -150,13 +152,14 @@ def test_every_configuration_runs_with_mettas_hyperparameters_and_semantics_what
 
     s = study()
     preset = s.Args().study.preset
-    sizes = {"num_envs", "minibatch_size", "learning_rate", "faults", "lstm_init"}
-    for config in ("fixed", "no_relu", "prefix", "forget=--lstm-init forget"):
+    for config, own in (("fixed", {}), ("no_relu", {"faults": "no_relu"}), ("prefix", {"faults": "prefix"}),
+                        ("forget=--lstm-init forget", {"lstm_init": "forget"})):
         cfg = tyro.cli(TrainConfig, default=PRESETS[preset], args=s.config_args(config))
         assert (cfg.memory, cfg.horizon_bootstrap, cfg.truncation_bootstrap) == ("reset", False, "previous")
-        for f in dataclasses.fields(TrainConfig):  # every other setting is TrainConfig's default: Metta's
-            if f.name not in sizes:
-                assert getattr(cfg, f.name) == getattr(TrainConfig(), f.name), f.name
+        # every setting is TrainConfig's default (Metta's) but the sizes and what the configuration itself sets
+        expected = TrainConfig().replace(num_envs=64, minibatch_size=1024, learning_rate=3e-3, **own)
+        for f in dataclasses.fields(TrainConfig):
+            assert getattr(cfg, f.name) == getattr(expected, f.name), f.name
 
 
 def test_configurations_are_checked_before_anything_runs(tmp_path):
