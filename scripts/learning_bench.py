@@ -168,10 +168,13 @@ def figure(path: str, results: list[tuple[list[dict], dict, dict]]) -> str:
         ax.set_xlabel("agent steps (millions)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if len(rows) > 6:  # a search's many trials: the legend beside the plot, not over it
+            ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
+        else:
+            ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("fraction of the scripted score")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return f"wrote {path}"
 

@@ -173,3 +173,22 @@ def test_the_learning_page_shows_each_benchmarks_summary_as_its_csv_gives_it(stu
                    ("study.json", "runs.csv", "curves.csv", "reference.json"))
     bench.main(tyro.cli(bench.Args, args=["--out", str(tmp_path), "--analyze-only", "--tasks", *tasks]))
     assert (tmp_path / "summary.md").read_text() == summary
+
+
+def test_the_training_page_shows_the_searchs_trials_as_its_journal_gives_them(tmp_path):
+    """docs/training.md shows the search's trials.md unchanged between its markers, and scripts/tune.py's
+    write_trials on the committed Optuna journal and runs writes that table again."""
+    optuna = pytest.importorskip("optuna", reason='the search needs the tune extra: pip install -e ".[tune]"')
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    source = os.path.join(DATA, "learning", "tune_nav", "nav")
+    table = open(os.path.join(source, "trials.md")).read()
+    text = open(os.path.join(ROOT, "docs", "training.md")).read()
+    shown = re.search(r"<!-- begin data/learning/tune_nav/nav/trials.md -->\n(.*?)<!-- end -->", text, re.S)
+    assert shown and shown.group(1).strip() == table.strip()
+    copy_study(source, tmp_path, ("runs.csv", "curves.csv", "optuna.log"))
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))  # tune.py imports learning_bench
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
+    load_script("tune").write_trials(str(tmp_path), optuna.load_study(study_name="tune", storage=journal))
+    assert (tmp_path / "trials.md").read_text() == table

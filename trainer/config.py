@@ -1,6 +1,6 @@
 """Training configuration: the field docstrings are `scripts/train.py --help`. Defaults are Metta's (reference
-section 5) scaled to one machine; `PRESETS` holds the CPU and GPU sizes, and the two semantic defaults measured
-better than Metta's (memory carried across rollouts, a value at every horizon)."""
+section 5); `PRESETS` scales them to a machine: cpu and gpu with the settings measured better (memory carried across
+rollouts, a value at every horizon, the loss settings scripts/tune.py found), metta with Metta's own."""
 
 from __future__ import annotations
 
