@@ -20,6 +20,7 @@ Writes --out/summary.md and --out/learning.png (needs the plots extra).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -90,6 +91,12 @@ def core_minutes(curves: dict) -> list[float]:
     return elapsed
 
 
+def tail_mean(runs: list[list[float]], window: float) -> float:
+    """The mean over runs of each one's last `window` of updates (NaN for no values)."""
+    tail = [v for values in runs for v in values[-max(1, round(window * len(values))):]]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
 def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dict]:
     scores = reference_scores(task, out)
     curves, runs = read_curves(out), read_runs(out)
@@ -109,9 +116,7 @@ def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dic
                                for s, step in zip(seeds, reach)]
                     row[f"to{fraction:.0%}"] = (mean_sd(reach)[0], mean_sd(minutes)[0])
             for name, tag in (("ev", "losses/explained_variance"), ("kl", "losses/approx_kl"), ("clip", "losses/clipfrac")):
-                tail = [v for s in seeds for v in curves[(config, s)][tag][1][-max(1, round(window * len(
-                    curves[(config, s)][tag][1]))):]]
-                row[name] = sum(tail) / len(tail)
+                row[name] = tail_mean([curves[(config, s)][tag][1] for s in seeds], window)
         rows.append(row)
     return rows, scores, curves
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import tyro
 
-from learning_bench import BUDGETS, reference_scores
+from learning_bench import BUDGETS, reference_scores, tail_mean
 from trainer.collapse.verdict import seed_numbers
 from trainer.config import PRESETS, TrainConfig
 from trainer.runs import Study, claim, read_curves, read_runs, read_scalars, threads_per_run, train, write_curves
@@ -73,15 +73,9 @@ def suggest(trial, bptt: int) -> list[str]:
             "--lstm-init", trial.suggest_categorical("lstm_init", ["metta", "forget"])]
 
 
-def tail_mean(runs: list[list[float]]) -> str:
-    """The mean over runs of each one's last 10% of updates, as the learning benchmark takes it."""
-    tail = [v for values in runs for v in values[-max(1, round(0.1 * len(values))):]]
-    return f"{sum(tail) / len(tail):.2g}" if tail else "-"
-
-
-def write_trials(out: str, study) -> list[dict]:
+def write_trials(out: str, study, window: float = 0.1) -> list[dict]:
     """trials.csv: every finished trial, best first (a crashed trial last, with its error); trials.md: the same as a
-    table of the drawn values, with each run's explained variance and approx_kl over its last 10% of updates."""
+    table of the drawn values, with each run's explained variance and approx_kl over its last `window` of updates."""
     seconds: dict[str, float] = {}
     for (config, _), row in read_runs(out).items():
         seconds[config] = seconds.get(config, 0.0) + float(row["seconds"])
@@ -95,10 +89,11 @@ def write_trials(out: str, study) -> list[dict]:
         rows.append({"trial": name, "score": "" if t.value is None else f"{t.value:.4f}",
                      "core_minutes": f"{seconds.get(name, 0) / 60:.1f}", "error": t.user_attrs.get("error", ""),
                      "options": t.user_attrs["options"]})
-        ev, kl = (tail_mean([run[tag][1] for (c, _), run in curves.items() if c == name and tag in run])
+        ev, kl = (tail_mean([run[tag][1] for (c, _), run in curves.items() if c == name and tag in run], window)
                   for tag in ("losses/explained_variance", "losses/approx_kl"))
         drawn = [f"{v:.3g}" if isinstance(v, float) else ("on" if v else "off") if isinstance(v, bool) else str(v)
                  for v in (t.params.get(n, "-") for n in names)]
+        ev, kl = ("-" if math.isnan(x) else f"{x:.2g}" for x in (ev, kl))
         lines.append(f"| {name} | {rows[-1]['score'] or 'crashed'} | {rows[-1]['core_minutes']} | {ev} | {kl} | "
                      + " | ".join(drawn) + " |")
     with open(os.path.join(out, "trials.csv"), "w", newline="") as f:
@@ -169,7 +164,7 @@ def main(args: Args) -> None:
         except KeyboardInterrupt:
             sys.exit("interrupted: run the same command again to resume")
     write_curves(out)
-    rows = write_trials(out, search)
+    rows = write_trials(out, search, args.window)
     print(f"wrote {out}/trials.csv and trials.md; the best:")
     for row in rows[:5]:
         print(f"  {row['trial']}  {row['score']}  {row['options']}")

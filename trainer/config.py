@@ -252,14 +252,15 @@ class TrainConfig:
 # against 58%) and the arena at 18%.
 TUNED = dict(update_epochs=1, learning_rate=2.66e-3, ent_coef=1.61e-3, vf_coef=0.425, vf_clip_coef=9.71,
              clip_coef=0.163, gamma=0.961, gae_lambda=0.804, lstm_init="forget", memory="carry", horizon_bootstrap=True)
+# 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches.
+CPU_SIZE = dict(num_envs=64, minibatch_size=1024)
 PRESETS = {
-    # 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches.
-    "cpu": TrainConfig(num_envs=64, minibatch_size=1024, **TUNED),
+    "cpu": TrainConfig(**CPU_SIZE, **TUNED),
     # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps per batch; Metta's is 524,288), 24
     # minibatches as on the CPU (Adam's step does not grow with the minibatch); not yet measured learning on a GPU.
     "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000, **TUNED),
     # Metta's hyperparameters and semantics (TrainConfig's defaults) at the cpu preset's size, with the learning rate
     # scaled to it (Metta's 4.57e-4 with 4 minibatches per 16k batch left the KL at ~1e-5: nothing learned in 400k
     # steps): what the cpu preset was before tuning, and what the collapse study runs.
-    "metta": TrainConfig(num_envs=64, minibatch_size=1024, learning_rate=3e-3),
+    "metta": TrainConfig(**CPU_SIZE, learning_rate=3e-3),
 }
