@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.functional import embedding, embedding_bag, pad
 
 from envs.spec import EMPTY_TOKEN, EnvSpec
 
@@ -63,6 +64,63 @@ class TokensToBox(nn.Module):
         box = torch.zeros(N * size + 1, device=obs.device)
         box.scatter_(0, index.flatten(), value.flatten())
         return box[:-1].view(N, H, W, F).permute(0, 3, 1, 2)
+
+
+class TokenConv(nn.Module):
+    """A convolution over TokensToBox's box, computed from the tokens alone: `(obs, weight [C, features, k, k],
+    bias [C]) -> [N, C, out_h, out_w]` (channels-last), what `conv2d(box(obs), weight, bias, stride)` gives.
+    The box is mostly zeros (about 35 of the 200 tokens are real, the box has 25 x 11 x 11 cells), and a real
+    token only adds value x the kernel's weights at its feature and offset to the output cells whose window
+    covers it. So each observation is one embedding bag: a table with a row per box position holding that
+    position's weights for every output cell (zero where no window covers it), rebuilt from `weight` on each call
+    so that gradients reach it, summed over the observation's tokens with their values as weights. The same sums
+    in another order: equal to the dense convolution within float rounding, except that a feature repeated at one
+    location is summed where the box keeps one of them (no env here emits that)."""
+
+    def __init__(self, spec: EnvSpec, kernel: int, stride: int):
+        super().__init__()
+        Fs, H, W, k = spec.num_features, spec.obs_height, spec.obs_width, kernel
+        self.out_shape = ((H - k) // stride + 1, (W - k) // stride + 1)
+        # the weight row (feature, dr, dc) that box position (feature, row, col) meets in output cell (i, j)
+        f, r, c = (t[..., None, None] for t in torch.meshgrid(torch.arange(Fs), torch.arange(H), torch.arange(W),
+                                                              indexing="ij"))
+        i, j = torch.meshgrid(torch.arange(self.out_shape[0]), torch.arange(self.out_shape[1]), indexing="ij")
+        dr, dc = r - stride * i, c - stride * j
+        covered = (dr >= 0) & (dr < k) & (dc >= 0) & (dc < k)
+        zero_row = Fs * k * k
+        index = torch.where(covered, (f * k + dr) * k + dc, zero_row).flatten(0, 2).flatten(1)
+        self.padding = Fs * H * W  # the position of tokens the box skips: its table row is all zero rows
+        self.register_buffer("weight_index", torch.cat([index, torch.full_like(index[:1], zero_row)]), persistent=False)
+        # (location byte, feature byte) -> box position, or the padding position (TokenFields' rules)
+        loc = torch.arange(256)
+        shown = torch.where(loc == spec.global_location, ((H // 2) << 4) | (W // 2), loc)
+        row, col, feature = shown[:, None] >> 4, shown[:, None] & 0xF, torch.arange(256)[None, :]
+        real = (loc[:, None] != EMPTY_TOKEN) & (feature < Fs) & (row < H) & (col < W)
+        self.register_buffer("position", torch.where(real, (feature * H + row) * W + col, self.padding).flatten(),
+                             persistent=False)
+        norm = torch.ones(256)
+        norm[:Fs] = torch.tensor(spec.feature_normalizations, dtype=torch.float32)
+        self.register_buffer("norm", norm, persistent=False)
+        # whether to skip the padding tokens first, which needs their count on the host: None, only on a CPU
+        # (there it is free, and the backward then sorts ~6x fewer indices); off, the shape stays fixed
+        self.reads_are_free: bool | None = None
+
+    def forward(self, obs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        N, C = obs.shape[0], weight.shape[0]
+        feature = obs[..., 1].long()
+        position = self.position[obs[..., 0].long() * 256 + feature]  # [N, tokens]
+        value = obs[..., 2].float() / self.norm[feature]
+        rows = pad(weight.permute(1, 2, 3, 0).reshape(-1, C), (0, 0, 0, 1))  # [(feature, dr, dc) + zero row, C]
+        table = embedding(self.weight_index, rows).flatten(1)  # [positions + padding, out cells x C]
+        skip_padding = obs.device.type == "cpu" if self.reads_are_free is None else self.reads_are_free
+        if skip_padding:
+            real = position != self.padding
+            keep, count = real.flatten().nonzero().squeeze(1), real.sum(1)
+            out = embedding_bag(position.flatten()[keep], table, count.cumsum(0) - count, mode="sum",
+                                per_sample_weights=value.flatten()[keep])
+        else:
+            out = embedding_bag(position, table, mode="sum", per_sample_weights=value, padding_idx=self.padding)
+        return (out.view(N, *self.out_shape, C) + bias).permute(0, 3, 1, 2)
 
 
 class TokenFeatures(nn.Module):

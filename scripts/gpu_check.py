@@ -6,7 +6,7 @@
 Steps, each in its own process so one failure does not hide the others, each with its log in DIR:
     sync      scripts/bench.py --sync-check: no read back from the device while acting
     sizeN     env-only and end-to-end agent steps/s of Fast on the arena at N maps, three sizes (plain)
-    switches  the largest size again with --bf16, --compile and both
+    switches  the largest size again with --bf16, --compile, both, and --token-conv True
     tests     the test suite (on a CUDA machine every trainer test runs on the GPU: the device defaults to cuda)
 DIR/report.md has the device, torch version, date, commit and every figure; it is rewritten after every step.
 """
@@ -83,18 +83,18 @@ def main(args: Args) -> None:
     results: list[dict] = []
     write_report(args.out, lines, results)
     # one step per size, so a size that runs out of time keeps the smaller ones' figures
-    runs = [(f"size{n}", [*bench, "--what", "env", "e2e", "--num-envs", str(n)]) for n in sizes]
-    runs += [("switches" + "".join(s), [*bench, "--what", "e2e", "--num-envs", str(sizes[-1]), *s])
-             for s in (["--bf16"], ["--compile"], ["--bf16", "--compile"]) if not args.tiny]
-    for name, cmd in runs:
+    runs = [(f"size{n}", "plain", [*bench, "--what", "env", "e2e", "--num-envs", str(n)]) for n in sizes]
+    switches = [] if args.tiny else [["--bf16"], ["--compile"], ["--bf16", "--compile"], ["--token-conv", "True"]]
+    runs += [("switches" + "".join(a for a in s if a.startswith("--")), " ".join(s),
+              [*bench, "--what", "e2e", "--num-envs", str(sizes[-1]), *s]) for s in switches]
+    for name, used, cmd in runs:
         path = os.path.join(args.out, f"{name}.json")
         code, seconds = step(name, [*cmd, "--json", path], args.out, args.timeout)
         lines.append(f"| {name} | {'done' if code == 0 else f'exit {code}'} | {seconds:.0f} |")
         if code == 0:
             with open(path) as f:
                 found = json.load(f)
-            results += [{**r, "switches": " ".join(a for a in cmd if a in ("--bf16", "--compile")) or "plain"}
-                        for r in found["results"]]
+            results += [{**r, "switches": used} for r in found["results"]]
         write_report(args.out, lines, results)
     if args.tests:  # last: device time is scarce, and the figures are what only this machine can give
         code, seconds = step("tests", [sys.executable, "-m", "pytest", "-q", "-x"], args.out, args.timeout)

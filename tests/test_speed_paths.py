@@ -1,5 +1,7 @@
-"""The fast paths: nothing read back from the device per step, and bf16 / torch.compile equal the plain path."""
+"""The fast paths: nothing read back from the device per step, and the token convolution, bf16 and torch.compile
+equal the plain path."""
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -11,10 +13,16 @@ import torch
 from tensordict import TensorDict
 
 from envs import make_env
+from envs.spec import EMPTY_TOKEN
 from policies import make_policy
+from policies.tokens import TokenConv, TokensToBox
 from trainer import TrainConfig, Trainer
 from trainer.config import cpu_has_native_bf16
 from trainer.host_reads import HostReads
+
+SPEC_ARENA = make_env("arena", num_envs=1).spec
+SPEC_GLOBAL_OUTSIDE = dataclasses.replace(SPEC_ARENA, global_location=0xFE)  # as MettaGrid 0.26 places them
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def small_trainer(tmp_path, **overrides) -> Trainer:
@@ -32,9 +40,12 @@ def test_host_reads_sees_every_kind_of_read():
         "__bool__", "__int__", "__float__", "item", "tolist", "nonzero", "__getitem__", "__index__"]
 
 
-def test_rollout_reads_nothing_back_from_the_device(tmp_path):
-    trainer = small_trainer(tmp_path, env_overrides={"max_steps": 20})  # episodes end inside the rollout
-    trainer.env.reads_are_free = False  # what an accelerator runs
+@pytest.mark.parametrize("token_conv", [False, True])
+def test_rollout_reads_nothing_back_from_the_device(tmp_path, token_conv):
+    trainer = small_trainer(tmp_path, env_overrides={"max_steps": 20}, token_conv=token_conv)  # episodes end inside
+    for part in (trainer.env, *trainer.policy.modules()):  # what an accelerator runs
+        if hasattr(part, "reads_are_free"):
+            part.reads_are_free = False
     with HostReads() as reads:
         trainer.rollout()
     assert reads.sites == []
@@ -61,6 +72,70 @@ def test_rollout_and_learn_make_every_tensor_on_the_trainers_device(tmp_path):
     with torch.device("meta"):
         trainer.rollout()
         trainer.learn()
+
+
+def random_tokens(spec, n: int, g: torch.Generator) -> torch.Tensor:
+    """`n` observations of distinct (location, feature) tokens anywhere in the window, plus the cases the box
+    skips or moves: global tokens (to the centre), locations outside the window, unknown features, padding."""
+    obs = torch.full((n, spec.num_tokens, 3), EMPTY_TOKEN, dtype=torch.uint8)
+    centre = ((spec.obs_height // 2) << 4) | (spec.obs_width // 2)  # global tokens' place: not also a cell's
+    window = torch.tensor([(r << 4) | c for r in range(spec.obs_height) for c in range(spec.obs_width)
+                           if (r << 4) | c != centre])
+    locations = torch.cat([window, torch.tensor([spec.global_location, 0xC3, 0x3C])])  # the last two outside
+    pairs = torch.cartesian_prod(locations, torch.arange(spec.num_features + 2))  # two unknown features
+    for i in range(n):
+        real = int(torch.randint(0, 80, (), generator=g))  # 0: an observation with no token at all
+        chosen = pairs[torch.randperm(len(pairs), generator=g)[:real]]
+        obs[i, :real, :2] = chosen.to(torch.uint8)
+        obs[i, :real, 2] = torch.randint(0, 256, (real,), generator=g).to(torch.uint8)
+    return obs
+
+
+def env_tokens(task: str, steps: int = 6) -> tuple[torch.Tensor, object]:
+    """What the env shows over a few steps of random play."""
+    env = make_env(task, num_envs=8, seed=0)
+    pairs = env.spec.action_pairs()
+    g = torch.Generator().manual_seed(0)
+    td, seen = env.reset(), []
+    for _ in range(steps):
+        seen.append(td["env_obs"])
+        td = env.step(pairs[torch.randint(len(pairs), (env.num_agents,), generator=g)])
+    return torch.cat(seen), env.spec
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reads_are_free", [None, False])  # None: a CPU skips the padding first; False: fixed shape
+@pytest.mark.parametrize("source", ["random", "arena", "nav", "memory"])
+def test_token_conv_equals_the_convolution_over_the_box(source, reads_are_free, device):
+    g = torch.Generator().manual_seed(0)
+    spec = SPEC_GLOBAL_OUTSIDE
+    obs, spec = env_tokens(source) if source != "random" else (random_tokens(spec, 64, g), spec)
+    obs = obs.to(device)
+    conv = torch.nn.Conv2d(spec.num_features, 64, 5, stride=3).to(device)
+    token_conv = TokenConv(spec, kernel=5, stride=3).to(device)
+    token_conv.reads_are_free = reads_are_free
+    dense = conv(TokensToBox(spec)(obs))
+    sparse = token_conv(obs, conv.weight, conv.bias)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    probe = torch.randn(dense.shape, generator=g).to(device)  # gradients of an arbitrary loss
+    for grad_sparse, grad_dense in zip(torch.autograd.grad((sparse * probe).sum(), [conv.weight, conv.bias]),
+                                       torch.autograd.grad((dense * probe).sum(), [conv.weight, conv.bias])):
+        torch.testing.assert_close(grad_sparse, grad_dense, atol=1e-4, rtol=1e-5)
+
+
+def test_fast_with_token_conv_acts_and_trains_as_with_the_box():
+    env = make_env("arena", num_envs=4, seed=0)
+    torch.manual_seed(0)
+    box = make_policy("fast", env)
+    tokens = make_policy("fast", env, token_conv=True)
+    tokens.load_state_dict(box.state_dict())  # checkpoints are interchangeable: the same parameters
+    assert sum(p.numel() for p in tokens.parameters()) == sum(p.numel() for p in box.parameters())
+    torch.manual_seed(1)
+    plain = policy_outputs(box, make_env("arena", num_envs=4, seed=0))
+    torch.manual_seed(1)
+    fast = policy_outputs(tokens, make_env("arena", num_envs=4, seed=0))
+    for p, f in zip(plain, fast):
+        torch.testing.assert_close(f, p, atol=1e-5, rtol=1e-5)
 
 
 def policy_outputs(policy, env, steps=6):

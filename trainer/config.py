@@ -52,7 +52,8 @@ RULES = (
 )
 SAMPLING = ("prioritized", "shuffled")
 # what a resumed run may change: its length, where and when it saves, how it runs; nothing it computes
-RESUMABLE = ("total_steps", "checkpoint_interval", "log_dir", "run_name", "torch_threads", "compile", "nonfinite")
+RESUMABLE = ("total_steps", "checkpoint_interval", "log_dir", "run_name", "torch_threads", "compile", "token_conv",
+             "nonfinite")
 MEMORY = ("reset", "carry")
 NONFINITE = ("stop", "skip")
 TRUNCATION_BOOTSTRAP = ("previous", "final")
@@ -138,6 +139,10 @@ class TrainConfig:
     losses and the optimizer stay fp32."""
     compile: bool = False
     """torch.compile the policy's encoder and heads (the first update then takes tens of seconds longer)."""
+    token_conv: bool = False
+    """Fast only: compute its first convolution from the real tokens instead of over the dense [features, 11, 11]
+    box (policies/tokens.py TokenConv): the same weights and values within float rounding, ~2x faster forward
+    and backward on a CPU (docs/benchmarks.md)."""
     nonfinite: str = "stop"
     """A loss, gradient norm or weight that is not a finite number: stop (end the run with an error naming the
     update, the quantity and the last good checkpoint, which is never overwritten) or skip (skip that minibatch's
@@ -185,7 +190,11 @@ class TrainConfig:
     def policy_options(self) -> dict:
         """Everything make_policy needs beyond the policy's name and the env."""
         options = {"clip_range": self.clip_range}
-        return {**options, "lstm_init": self.lstm_init} if self.lstm_init else options
+        if self.lstm_init:
+            options["lstm_init"] = self.lstm_init
+        if self.policy == "fast":
+            options["token_conv"] = self.token_conv
+        return options
 
     @property
     def name(self) -> str:
@@ -200,7 +209,10 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {choices}")
-        self.fault_set  # noqa: B018 (raises for an unknown fault)
+        if self.token_conv and self.policy == "fast" and "obs_zero_255_inplace" in self.fault_set:
+            raise ValueError("token_conv=True with the fault obs_zero_255_inplace: the fault's zeroed padding tokens "
+                             "overwrite a real token in the box, the token convolution adds their zeros instead, so "
+                             "the fault would not do what it did: add --no-token-conv")
 
     def validate(self, num_agents: int) -> None:
         """Every option, and what depends on the env's agent count; ValueError naming the fix."""
@@ -255,7 +267,7 @@ TUNED = dict(update_epochs=1, learning_rate=2.66e-3, ent_coef=1.61e-3, vf_coef=0
 # 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches.
 CPU_SIZE = dict(num_envs=64, minibatch_size=1024)
 PRESETS = {
-    "cpu": TrainConfig(**CPU_SIZE, **TUNED),
+    "cpu": TrainConfig(**CPU_SIZE, **TUNED, token_conv=True),
     # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps per batch; Metta's is 524,288), 24
     # minibatches as on the CPU (Adam's step does not grow with the minibatch); not yet measured learning on a GPU.
     "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000, **TUNED),
