@@ -49,8 +49,8 @@ def run(cmd: list[str], env: dict | None = None) -> str:
 def minippo_sps(env: str, maps: int, args, fast: bool) -> float:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         run([sys.executable, "scripts/bench.py", "--what", "e2e", "--env", env, "--num-envs", str(maps),
-             "--minibatch-size", "1024", "--repeats", str(args.updates), "--device", args.device,
-             "--threads", str(args.threads), "--json", out.name] + (SWITCHES if fast else []))
+             "--minibatch-size", "1024", "--update-epochs", "1", "--repeats", str(args.updates),
+             "--device", args.device, "--threads", str(args.threads), "--json", out.name] + (SWITCHES if fast else []))
         return json.load(open(out.name))["results"][0]["e2e"]
 
 

@@ -52,6 +52,8 @@ class Args:
     """Training configuration: cpu or gpu (default: by device)."""
     minibatch_size: int = 0
     """Agent steps per minibatch (0: the preset's)."""
+    update_epochs: int = 0
+    """Passes over each rollout (0: the preset's)."""
     bf16: bool = False
     """Policy under bfloat16 autocast."""
     compile: bool = False
@@ -196,7 +198,7 @@ def main(args: Args) -> None:
         torch.set_num_threads(args.threads)
     device = PRESETS["cpu"].replace(device=args.device).resolved_device
     preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]
-    changes = {"minibatch_size": args.minibatch_size} if args.minibatch_size else {}
+    changes = {k: getattr(args, k) for k in ("minibatch_size", "update_epochs") if getattr(args, k)}
     if args.token_conv is not None:
         changes["token_conv"] = args.token_conv
     base = preset.replace(env=args.env, device=str(device), bf16=args.bf16, compile=args.compile,

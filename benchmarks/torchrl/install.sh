@@ -14,7 +14,7 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
   || "${pip[@]}" torch==2.13.0
 # torchrl with torch held at the installed version (pip must never swap torch for another build)
-"${pip[@]}" "torchrl==0.14.1" numpy "torch==$("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
+"${pip[@]}" "torchrl==0.14.1" numpy "gymnasium>=1.0" "torch==$("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
 "$venv/bin/python" - <<'EOF'
 import numpy, tensordict, torch, torchrl
 print(f"python {__import__('sys').version.split()[0]} | torch {torch.__version__} | torchrl {torchrl.__version__} | "
