@@ -10,7 +10,7 @@ def mean_return(history, last=3):
 
 
 def test_fast_learns_nav(tmp_path):
-    # Random play scores 0.10-0.15 here; the cpu preset reached 0.48 over the last three updates at 200k steps with
+    # Random play scores 0.10-0.15 here; the cpu preset reached 0.50 over the last three updates at 200k steps with
     # one thread, as the suite runs it (docs/learning.md, "The learning tests' margins").
     cfg = PRESETS["cpu"].replace(policy="fast", env="nav", num_envs=128, total_steps=200_000, log_dir=str(tmp_path))
     history = Trainer(cfg).train(quiet=True)
