@@ -141,8 +141,8 @@ class TrainConfig:
     """torch.compile the policy's encoder and heads (the first update then takes tens of seconds longer)."""
     token_conv: bool = False
     """Fast only: compute its first convolution from the real tokens instead of over the dense [features, 11, 11]
-    box (policies/tokens.py TokenConv): the same weights and values within float rounding, ~2x faster forward
-    and backward on a CPU (docs/benchmarks.md)."""
+    box (policies/tokens.py TokenConv): the same weights and values within float rounding; on a 2-core Xeon acting
+    ran 21% faster and the update the same (docs/benchmarks.md, "The token convolution")."""
     nonfinite: str = "stop"
     """A loss, gradient norm or weight that is not a finite number: stop (end the run with an error naming the
     update, the quantity and the last good checkpoint, which is never overwritten) or skip (skip that minibatch's
