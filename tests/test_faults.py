@@ -64,6 +64,8 @@ def test_parse_faults_expands_presets_and_rejects_unknown_or_inapplicable_names(
         parse_faults("no_relu", "example")
     with pytest.raises(ValueError, match="unknown fault 'nope'"):
         Trainer(small_config(faults="nope"))
+    with pytest.raises(ValueError, match="unknown fault 'nope'"):  # before any work starts
+        small_config(faults="nope").check()
     with pytest.raises(ValueError, match="obs_zero_255_inplace: .* add --no-token-conv"):  # would not do what it did
         small_config(faults="prefix", token_conv=True).check()
     with pytest.raises(SystemExit, match="unknown fault 'nope'"):  # --faults on the command line: the same, no traceback

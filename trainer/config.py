@@ -209,7 +209,8 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {choices}")
-        if self.token_conv and self.policy == "fast" and "obs_zero_255_inplace" in self.fault_set:
+        faults = self.fault_set  # raises for an unknown fault
+        if self.token_conv and self.policy == "fast" and "obs_zero_255_inplace" in faults:
             raise ValueError("token_conv=True with the fault obs_zero_255_inplace: the fault's zeroed padding tokens "
                              "overwrite a real token in the box, the token convolution adds their zeros instead, so "
                              "the fault would not do what it did: add --no-token-conv")
