@@ -89,9 +89,8 @@ def check_configs(configs: list[str], policy: str) -> None:
 
 # --- the analysis: from curves.csv and runs.csv only -----------------------------------------------------------
 def analyze(args: Args) -> str:
-    if not all(os.path.exists(os.path.join(args.out, name)) for name in ("study.json", "runs.csv", "curves.csv")):
-        raise ValueError(f"{args.out} has no study.json, runs.csv and curves.csv: run the study without "
-                         "--analyze-only first")
+    if not all(os.path.exists(os.path.join(args.out, name)) for name in ("study.json", "runs.csv")):
+        raise ValueError(f"{args.out} has no study.json and runs.csv: run the study without --analyze-only first")
     with open(os.path.join(args.out, "study.json")) as f:
         study = Study(**json.load(f))
     runs = read_runs(args.out)

@@ -127,6 +127,11 @@ def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys
     assert "backward through the graph a second time" in summary
     assert (tmp_path / "curves.csv").read_text().startswith("config,seed,step,")
     assert "losses/grad_norm" in (tmp_path / "curves.csv").read_text().splitlines()[0]
+    # a runner stopped before it wrote curves.csv: the analysis writes it from the finished runs' logs
+    curves = (tmp_path / "curves.csv").read_text()
+    os.remove(tmp_path / "curves.csv")
+    s.main(args.__class__(**{**vars(args), "analyze_only": True}))
+    assert (tmp_path / "curves.csv").read_text() == curves and (tmp_path / "summary.md").read_text() == summary
     # an interrupted run (a folder without its row in runs.csv) is done again; finished ones are skipped
     os.makedirs(tmp_path / "fixed_seed1")
     capsys.readouterr()
@@ -217,3 +222,9 @@ def test_largest_jump_of_a_weight_norm():
     run = {"weights/critic_norm": ([1, 2, 3], [16.0, 16.5, 31.0]), "weights/actor_norm": ([1, 2, 3], [12.0, 12.5, 13.0]),
            "episode/return": ([1, 2, 3], [0.0, 0.1, 0.2])}
     assert largest_jump(run) == ("critic", 16.5, 31.0, 3) and largest_jump({}) is None
+
+
+def test_curves_of_a_study_without_a_finished_run_are_refused_by_name(tmp_path):
+    from trainer.runs import read_curves
+    with pytest.raises(ValueError, match="has no finished run yet"):
+        read_curves(str(tmp_path))

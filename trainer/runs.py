@@ -211,8 +211,16 @@ def write_curves(out: str) -> None:
 
 
 def read_curves(out: str) -> dict[tuple[str, int], Curves]:
+    """curves.csv, written first from the finished runs' logs if the runner never got to it (it was interrupted);
+    ValueError if there is no finished run to read."""
+    path = os.path.join(out, "curves.csv")
+    if not os.path.exists(path):
+        runs = read_runs(out)
+        if not any(finished(out, runs, *key) for key in runs):
+            raise ValueError(f"{out} has no finished run yet (no curves.csv, no row in runs.csv): run the study first")
+        write_curves(out)
     curves: dict[tuple[str, int], Curves] = {}
-    with open(os.path.join(out, "curves.csv"), newline="") as f:
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             c = curves.setdefault((row["config"], int(row["seed"])), {})
             for tag, value in row.items():
