@@ -248,6 +248,17 @@ def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path):
     assert all(f"| {maps} | {6 * maps} | plain |" in report for maps in (2, 4, 8))
 
 
+def test_the_overlap_measurement_runs_and_refuses_an_odd_map_count():
+    """benchmarks/overlap.py (why the rollout does not step the env in a thread, docs/benchmarks.md) at tiny sizes."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "overlap.py")
+    done = subprocess.run([sys.executable, script, "--num-envs", "2", "--steps", "2", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "overlapped / serial:" in done.stdout and "act only" in done.stdout
+    odd = subprocess.run([sys.executable, script, "--num-envs", "3"], capture_output=True, text=True, timeout=300)
+    assert odd.returncode != 0 and "--num-envs must be even" in odd.stderr
+
+
 def test_bf16_is_refused_on_a_cpu_without_native_bfloat16(tmp_path, monkeypatch):
     import trainer.config
 
