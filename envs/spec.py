@@ -7,6 +7,7 @@ MettaGrid with its own features and actions).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,18 @@ class EnvSpec:
     def action_cum(self) -> torch.Tensor:
         """cum[type] = sum of max_args of the types before it, so index = type + cum[type] + arg."""
         return torch.tensor([0, *self.action_max_args[:-1]]).cumsum(0)
+
+    def with_inventory_norm(self, divisor: float) -> EnvSpec:
+        """This spec with every inventory feature (named `inv:...`) divided by `divisor` instead of the env's own
+        normalisation (Metta's 100, MettaGrid 0.26's 256, under which one item reads 0.01 or less)."""
+        if not divisor > 0:
+            raise ValueError(f"inventory_norm={divisor!r}: use a positive divisor")
+        if not any(name.startswith("inv:") for name in self.feature_names):
+            raise ValueError("inventory_norm is set, but this env declares no inventory features (named inv:...): "
+                             "leave it at 0")
+        norms = tuple(divisor if name.startswith("inv:") else norm
+                      for name, norm in zip(self.feature_names, self.feature_normalizations))
+        return dataclasses.replace(self, feature_normalizations=norms)
 
 
 # --- Our gridworld's features (MettaGrid, August 2025) ---------------------------------------------

@@ -1,6 +1,8 @@
 """Policies: sizes, tables, token shaping, recurrent state per slice and at episode starts, and the check
 that training recomputes exactly the log-probs and values recorded while acting."""
 
+import dataclasses
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -186,6 +188,24 @@ def test_bad_input_gets_clear_errors():
         make_policy("fast", SPEC, lstm_init="zeros")
     with pytest.raises(ValueError, match="unknown LatentAttn size"):
         POLICIES["latent_attn_tiny"].func(SPEC, size="huge")
+
+
+def test_inventory_norm_changes_only_the_inventory_features():
+    """Under the env's divisor (Metta's 100) an altar's one heart reads 0.01; with inventory_norm 1 it reads 1,
+    and every other feature reads as before."""
+    env = make_env("nav", num_envs=8, seed=0)  # three altars holding one heart each
+    obs = env.reset()["env_obs"]
+    metta, unit = (make_policy("fast", env, **options).encoder.box(obs) for options in ({}, {"inventory_norm": 1.0}))
+    heart = F["inv:heart"]
+    assert metta[:, heart].max() == pytest.approx(0.01) and unit[:, heart].max() == 1
+    inventory = torch.tensor([name.startswith("inv:") for name in SPEC.feature_names])
+    torch.testing.assert_close(unit[:, inventory], metta[:, inventory] * 100)
+    assert torch.equal(unit[:, ~inventory], metta[:, ~inventory])
+    with pytest.raises(ValueError, match="inventory_norm=0: use a positive divisor"):
+        SPEC.with_inventory_norm(0)
+    no_inventory = dataclasses.replace(SPEC, feature_names=tuple(n.replace("inv:", "held ") for n in SPEC.feature_names))
+    with pytest.raises(ValueError, match="declares no inventory features"):
+        make_policy("fast", no_inventory, inventory_norm=1.0)
 
 
 def test_metta_lstm_init_saturates_and_forget_init_does_not():

@@ -171,10 +171,17 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"policy": "nope"}, "unknown policy 'nope'"),
     ({"env": "maze"}, "unknown task 'maze'"),
     ({"faults": "no_relu,typo"}, "unknown fault 'typo'"),
+    ({"inventory_norm": -1.0}, r"inventory_norm=-1.0: use 0 \(the env's divisor\)"),
 ])
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):
         Trainer(small_config(**changes))
+
+
+def test_inventory_norm_reaches_the_policy():
+    heart = make_env("nav", num_envs=1).spec.feature_id("inv:heart")
+    for divisor, expected in ((0.0, 100.0), (1.0, 1.0)):
+        assert Trainer(small_config(inventory_norm=divisor)).policy.spec.feature_normalizations[heart] == expected
 
 
 def test_explained_variance_and_metrics_are_finite():

@@ -46,6 +46,7 @@ RULES = (
     ("prio_alpha", AT_LEAST_0, "use 0 (uniform) or more"),
     ("prio_beta0", FRACTION, "use a value in [0, 1]"),
     ("clip_range", AT_LEAST_0, "use 0 (off) or more"),
+    ("inventory_norm", AT_LEAST_0, "use 0 (the env's divisor) or a positive divisor"),
     ("seed", AT_LEAST_0, "use a seed of 0 or more"),
     ("torch_threads", AT_LEAST_0, "use 0 (torch's default) or a number of threads"),
     ("checkpoint_interval", lambda v: v >= 1, "use at least 1 update between checkpoints"),
@@ -131,6 +132,10 @@ class TrainConfig:
     lstm_init: str = ""
     """LSTM biases: metta (every bias 1, Metta's; saturates the cell), forget (forget gate 1, others 0), or
     empty for the policy's own (metta for fast and latent_attn_*, forget for example)."""
+    inventory_norm: float = 0.0
+    """Divisor of the inventory features (inv:...) in the policy's input: 0 keeps the env's (Metta's 100;
+    MettaGrid 0.26's 256), under which one held item reads 0.01 and a loaded altar looks almost like an
+    emptied one; 1 makes one item read 1."""
     faults: str = ""
     """Comma-separated faults to switch on (trainer/collapse/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
@@ -190,6 +195,8 @@ class TrainConfig:
     def policy_options(self) -> dict:
         """Everything make_policy needs beyond the policy's name and the env."""
         options = {"clip_range": self.clip_range}
+        if self.inventory_norm:
+            options["inventory_norm"] = self.inventory_norm
         if self.lstm_init:
             options["lstm_init"] = self.lstm_init
         if self.policy == "fast":
@@ -262,9 +269,12 @@ class TrainConfig:
 # core-minute of 24 trials, 88% of the best trial's score at 30% of its CPU time, but with Metta's per-minibatch
 # advantage normalisation: without it the arena's small rewards left the entropy bonus in charge (entropy 2.8 of
 # 2.94 after 5M steps, 14% of the scripted score against 18%); with it nav ended a little lower at 2M steps (52%
-# against 58%) and the arena at 18%.
+# against 58%) and the arena at 18%. They also divide the inventory by 1, not the env's 100, so that one held
+# item reads 1 rather than 0.01: nav 70% of the scripted score at 2M steps instead of 52%, the arena the same
+# (docs/learning.md, "What the policy could not see").
 TUNED = dict(update_epochs=1, learning_rate=2.66e-3, ent_coef=1.61e-3, vf_coef=0.425, vf_clip_coef=9.71,
-             clip_coef=0.163, gamma=0.961, gae_lambda=0.804, lstm_init="forget", memory="carry", horizon_bootstrap=True)
+             clip_coef=0.163, gamma=0.961, gae_lambda=0.804, lstm_init="forget", memory="carry", horizon_bootstrap=True,
+             inventory_norm=1.0)
 # 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches.
 CPU_SIZE = dict(num_envs=64, minibatch_size=1024)
 PRESETS = {
