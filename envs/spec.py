@@ -55,11 +55,11 @@ class EnvSpec:
         normalisation (Metta's 100, MettaGrid 0.26's 256, under which one item reads 0.01 or less)."""
         if not divisor > 0:
             raise ValueError(f"inventory_norm={divisor!r}: use a positive divisor")
-        if not any(name.startswith("inv:") for name in self.feature_names):
+        inventory = [name.startswith("inv:") for name in self.feature_names]
+        if not any(inventory):
             raise ValueError("inventory_norm is set, but this env declares no inventory features (named inv:...): "
                              "leave it at 0")
-        norms = tuple(divisor if name.startswith("inv:") else norm
-                      for name, norm in zip(self.feature_names, self.feature_normalizations))
+        norms = tuple(divisor if held else norm for held, norm in zip(inventory, self.feature_normalizations))
         return dataclasses.replace(self, feature_normalizations=norms)
 
 
