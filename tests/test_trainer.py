@@ -190,6 +190,19 @@ def test_explained_variance_and_metrics_are_finite():
         assert math.isfinite(history[-1][key]), key
 
 
+def test_dead_encoder_units_are_counted_on_the_current_observations():
+    trainer = Trainer(small_config())
+    dead = trainer.health()["encoder/dead_units"].item()
+    last = trainer.policy.encoder.fc[2]  # Fast's last encoder layer, before its ReLU
+    with torch.no_grad():
+        last.bias[:32] = -1e6  # these 32 of 128 units are now 0 for any observation
+        more = trainer.health()["encoder/dead_units"].item()
+        last.bias[:] = -1e6
+        blind = trainer.health()["encoder/dead_units"].item()
+    assert dead < 0.75 and blind == 1.0
+    assert max(dead, 0.25) <= more <= dead + 0.25
+
+
 def trained_checkpoint_and_evaluate(tmp_path):
     """A checkpoint after one update of a small nav run, and scripts/evaluate.py loaded as a module."""
     import importlib.util

@@ -227,11 +227,16 @@ class Trainer:
             yield index, weights, advantages[index]
 
     def health(self) -> dict[str, torch.Tensor]:
-        """Cheap signs of saturation or blow-up, on the device: each part's weight norm, and the LSTM cell's mean
-        |c| over every agent and layer where the rollout left it (a saturated cell sits near its limit)."""
+        """Cheap signs of saturation or blow-up, on the device: each part's weight norm, the LSTM cell's mean |c|
+        over every agent and layer where the rollout left it (a saturated cell sits near its limit), and the
+        fraction of the encoder's output units (each policy's encoder ends in a ReLU) that are 0 for every agent's
+        current observation: no gradient reaches the observation through them, and at 1 the policy acts blind."""
         parts = {name: getattr(self.policy, name) for name in ("encoder", "memory", "critic", "actor")}
         out = {f"weights/{name}_norm": torch.stack([p.detach().norm() for p in part.parameters()]).norm()
                for name, part in parts.items()}
+        with torch.no_grad(), self.autocast():
+            features = self.policy.encoder(self.next_obs["env_obs"])
+        out["encoder/dead_units"] = (features <= 0).all(0).float().mean()
         cells = [c for _, c in self.policy.get_memory().values()]
         if cells:
             out["memory/cell_abs_mean"] = torch.cat([c.abs().flatten() for c in cells]).mean()
