@@ -43,7 +43,7 @@ class RecurrentPolicy(nn.Module):
         obs = td["env_obs"]
         check_tokens(obs, self.spec)
         starts = td["dones"].bool() | td["truncateds"].bool()  # this observation begins a new episode
-        key = _slice_key(td)
+        key = slice_key(td)
         if td.batch_dims == 1:  # acting: one step per agent
             h = self.memory.step(self.encoder(obs), starts, key)
             log_probs, values = self._heads(h)
@@ -70,7 +70,7 @@ class RecurrentPolicy(nn.Module):
         obs = td["env_obs"]
         check_tokens(obs, self.spec)
         saved = self.memory.get_memory()
-        h = self.memory.step(self.encoder(obs), td["dones"].bool() | td["truncateds"].bool(), _slice_key(td))
+        h = self.memory.step(self.encoder(obs), td["dones"].bool() | td["truncateds"].bool(), slice_key(td))
         self.memory.set_memory(saved)
         return self.critic(h).squeeze(-1).float()
 
@@ -114,7 +114,7 @@ def record_weight_bounds(module: nn.Module) -> None:
             m.register_buffer("initial_weight_bound", m.weight.detach().abs().max().clone())
 
 
-def _slice_key(td: TensorDict) -> int:
+def slice_key(td: TensorDict) -> int:
     """The env slice's first agent index (0 when the batch does not say). A plain int (`td.set_non_tensor`)
     is read as is; a tensor, as Metta passes it, costs a read back from the device."""
     if "training_env_id_start" not in td.keys():

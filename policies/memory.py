@@ -48,7 +48,7 @@ class LSTMMemory(nn.Module):
     def set_memory(self, state: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.state = {k: (h.detach(), c.detach()) for k, (h, c) in state.items()}
 
-    def _load(self, key: int, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, key: int, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored state of slice `key`, or zeros if there is none of this batch size."""
         h_c = self.state.get(key)
         if h_c is None or h_c[0].shape[1] != batch:
@@ -62,7 +62,7 @@ class LSTMMemory(nn.Module):
     # --- acting: one step ---------------------------------------------------------------------------
     def step(self, x: torch.Tensor, starts: torch.Tensor, key: int) -> torch.Tensor:
         """`x [B, input]`, `starts [B]` (episode starts here) -> `[B, hidden]`; advances slice `key`'s state."""
-        h, c = self._load(key, x.shape[0], x)
+        h, c = self.load(key, x.shape[0], x)
         keep = (~starts).to(x.dtype)[None, :, None]
         out, (h, c) = self.lstm(x[None], (h * keep, c * keep))
         self._store(key, h, c)
@@ -73,7 +73,7 @@ class LSTMMemory(nn.Module):
         """`x [B, T, input]`, `starts [B, T]` -> `[B, T, hidden]`, one LSTM call per stretch between the
         time steps where some row starts an episode (a single call when none does)."""
         B, T = starts.shape
-        h, c = self._load(key, B, x)
+        h, c = self.load(key, B, x)
         x = x.transpose(0, 1)  # the LSTM wants time first
         cuts = [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
         pieces = []

@@ -58,6 +58,8 @@ class Args:
     """Policy under bfloat16 autocast."""
     compile: bool = False
     """torch.compile the policy's encoder and heads."""
+    cuda_graphs: bool = False
+    """Replay the acting step as a CUDA graph (CUDA only)."""
     token_conv: bool | None = None
     """Fast's first convolution from the tokens (True) or over the box (False); None: the preset's."""
     repeats: int = 3
@@ -147,7 +149,7 @@ def act_rate(trainer: Trainer, repeats: int) -> float:
                 td = td.clone(False)
                 td.set_non_tensor("training_env_id_start", 0)
                 with trainer.autocast():
-                    trainer.policy(td)
+                    trainer.act(td)
     return median_rate(run, trainer.batch_size, repeats, trainer.device)
 
 
@@ -202,12 +204,12 @@ def main(args: Args) -> None:
     if args.token_conv is not None:
         changes["token_conv"] = args.token_conv
     base = preset.replace(env=args.env, device=str(device), bf16=args.bf16, compile=args.compile,
-                          total_steps=10**12, checkpoint_interval=10**9, **changes)
+                          cuda_graphs=args.cuda_graphs, total_steps=10**12, checkpoint_interval=10**9, **changes)
     sizes = args.num_envs or [base.num_envs]
     print(f"{datetime.date.today()} | {device_name(device)} | torch {torch.__version__} | "
           f"{torch.get_num_threads()} threads | env {args.env} | preset {args.preset or device.type}: bptt {base.bptt}, "
           f"minibatch {base.minibatch_size}, {base.update_epochs} epoch(s) | bf16 {args.bf16} | compile {args.compile} | "
-          f"token conv {base.token_conv}")
+          f"cuda graphs {args.cuda_graphs} | token conv {base.token_conv}")
     print(f"{'policy':<18} {'maps':>6} {'agents':>7}" + "".join(f" {w + ' SPS':>12}" for w in args.what))
     results = []
     with tempfile.TemporaryDirectory() as logs:

@@ -6,7 +6,8 @@
 Steps, each in its own process so one failure does not hide the others, each with its log in DIR:
     sync      scripts/bench.py --sync-check: no read back from the device while acting
     sizeN     env-only and end-to-end agent steps/s of Fast on the arena at N maps, three sizes (plain)
-    switches  the largest size again with --bf16, --compile, both, and --token-conv True
+    switches  the largest size again with --bf16, --compile, both, --token-conv True, --cuda-graphs, and
+              --bf16 --cuda-graphs
     tests     the test suite (on a CUDA machine every trainer test runs on the GPU: the device defaults to cuda)
 DIR/report.md has the device, torch version, date, commit and every figure; it is rewritten after every step.
 """
@@ -84,7 +85,8 @@ def main(args: Args) -> None:
     write_report(args.out, lines, results)
     # one step per size, so a size that runs out of time keeps the smaller ones' figures
     runs = [(f"size{n}", "plain", [*bench, "--what", "env", "e2e", "--num-envs", str(n)]) for n in sizes]
-    switches = [] if args.tiny else [["--bf16"], ["--compile"], ["--bf16", "--compile"], ["--token-conv", "True"]]
+    switches = [] if args.tiny else [["--bf16"], ["--compile"], ["--bf16", "--compile"], ["--token-conv", "True"],
+                                      ["--cuda-graphs"], ["--bf16", "--cuda-graphs"]]
     runs += [("switches" + "".join(a for a in s if a.startswith("--")), " ".join(s),
               [*bench, "--what", "e2e", "--num-envs", str(sizes[-1]), *s]) for s in switches]
     for name, used, cmd in runs:

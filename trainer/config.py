@@ -53,8 +53,8 @@ RULES = (
 )
 SAMPLING = ("prioritized", "shuffled")
 # what a resumed run may change: its length, where and when it saves, how it runs; nothing it computes
-RESUMABLE = ("total_steps", "checkpoint_interval", "log_dir", "run_name", "torch_threads", "compile", "token_conv",
-             "nonfinite")
+RESUMABLE = ("total_steps", "checkpoint_interval", "log_dir", "run_name", "torch_threads", "compile", "cuda_graphs",
+             "token_conv", "nonfinite")
 MEMORY = ("reset", "carry")
 NONFINITE = ("stop", "skip")
 TRUNCATION_BOOTSTRAP = ("previous", "final")
@@ -144,6 +144,9 @@ class TrainConfig:
     losses and the optimizer stay fp32."""
     compile: bool = False
     """torch.compile the policy's encoder and heads (the first update then takes tens of seconds longer)."""
+    cuda_graphs: bool = False
+    """CUDA only: record the acting step as a CUDA graph once and replay it at every step (trainer/cuda_graph.py),
+    one launch instead of one per kernel; the same computation."""
     token_conv: bool = False
     """Fast only: compute its first convolution from the real tokens instead of over the dense [features, 11, 11]
     box (policies/tokens.py TokenConv): the same weights and values within float rounding; on a 2-core Xeon acting
@@ -167,9 +170,13 @@ class TrainConfig:
     resume: str = ""
     """A checkpoint to continue from, with its saved configuration (the other options are ignored)."""
 
-    def check_bf16(self, device: torch.device) -> None:
-        """--bf16 on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX) is emulated in software and runs
-        several times slower than fp32: refuse it rather than slow a run down silently."""
+    def check_device(self, device: torch.device) -> None:
+        """The switches this device cannot run as asked. --bf16 on a CPU without native bfloat16 (neither
+        AVX512-BF16 nor AMX) is emulated in software and runs several times slower than fp32: refuse it rather
+        than slow a run down silently."""
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, and this run's is {device.type}: leave "
+                             "--cuda-graphs out, or pass --device cuda on a machine with a GPU")
         if self.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
             raise ValueError("bf16=True: this CPU has no native bfloat16 (neither AVX512-BF16 nor AMX), so bf16 "
                              "would be emulated, several times slower than fp32 (7x on a 2-core EPYC with AVX2): "
@@ -221,6 +228,10 @@ class TrainConfig:
             raise ValueError("token_conv=True with the fault obs_zero_255_inplace: the fault's zeroed padding tokens "
                              "overwrite a real token in the box, the token convolution adds their zeros instead, so "
                              "the fault would not do what it did: add --no-token-conv")
+        if self.cuda_graphs and faults:
+            raise ValueError(f"cuda_graphs=True with the faults {sorted(faults)}: the graph replays the correct acting "
+                             "step, and a fault that changes it in Python (or writes into the observation) would not "
+                             "run in the replays: leave --cuda-graphs out of the collapse study")
 
     def validate(self, num_agents: int) -> None:
         """Every option, and what depends on the env's agent count; ValueError naming the fix."""

@@ -30,6 +30,7 @@ from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
+from trainer.cuda_graph import GraphedActing
 from trainer.host_memory import keep_freed_memory
 from trainer.loss import ppo_loss
 
@@ -56,7 +57,7 @@ class Trainer:
         keep_freed_memory()  # no page faults on the buffers every step reallocates (trainer/host_memory.py)
         self.cfg = cfg
         self.device = self.ranks.device(cfg.resolved_device)
-        cfg.check_bf16(self.device)
+        cfg.check_device(self.device)
         seed = distributed.rank_seed(cfg.seed, self.ranks.rank)
         torch.manual_seed(cfg.seed)  # the policy's initial weights (the same on every rank) and its action sampling
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=seed, device=str(self.device), **cfg.env_overrides)
@@ -67,6 +68,8 @@ class Trainer:
             torch.manual_seed(seed)  # each rank samples its own actions
         if cfg.compile:
             self.policy.compile_parts()
+        # what acts in the rollout: the policy, or its acting step replayed as a CUDA graph (trainer/cuda_graph.py)
+        self.act = GraphedActing(self.policy, warmup=3 if cfg.compile else 2) if cfg.cuda_graphs else self.policy
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
         memory = self.policy.memory
         self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device,
@@ -99,7 +102,7 @@ class Trainer:
             while not self.buffer.ready:
                 td.set_non_tensor("training_env_id_start", 0)  # one slice: every agent, from agent 0
                 with self.autocast():
-                    td = self.policy(td)
+                    td = self.act(td)
                 self.buffer.store(td, start=0)
                 td = self.env.step(td["actions"], **({"final_obs": True} if final else {}))
                 if final:  # valued now, while the memory still holds the episode the time limit cut
@@ -243,8 +246,10 @@ class Trainer:
         return out
 
     def autocast(self) -> torch.autocast:
-        """bf16 autocast around the policy when cfg.bf16, else a no-op."""
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.bf16)
+        """bf16 autocast around the policy when cfg.bf16, else a no-op. Without its cache of cast weights under
+        cuda_graphs: a graph recorded while the cache held them would replay without casting the updated weights."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.bf16,
+                              cache_enabled=not self.cfg.cuda_graphs)
 
     # --- the run ------------------------------------------------------------------------------------
     @property
