@@ -324,7 +324,8 @@ class GridEnv:
         decoy = self.decoy.gather(1, front_row)
         get_amt = torch.minimum(stock, self.cfg.max_inventory - inv.gather(2, out_col[..., None]).squeeze(2).long())
         get_amt = torch.where(decoy, 0, get_amt)
-        put_amt = torch.minimum(inv.gather(2, in_col[..., None]).squeeze(2).long(),
+        # put_items gives one conversion's input (one item), as MettaGrid's put_recipe_items does, not all it holds
+        put_amt = torch.minimum(inv.gather(2, in_col[..., None]).squeeze(2).long().clamp(max=1),
                                 self.cfg.max_inventory - conv_inv.gather(2, in_col[..., None]).squeeze(2).long())
         wants = {
             "move": (typ == A["move"]) & dest_free,

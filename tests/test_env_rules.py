@@ -62,10 +62,13 @@ def test_get_and_put_move_items_and_reward_potential():
     assert inv(env, 3, "ore_red") == 2 and inv(env, mine, "ore_red") == 0
     assert td["rewards"][0] == pytest.approx(0.2)
     act(env, (A["rotate"], 1))  # face the generator below
-    td = act(env, (A["put_items"], 0))
-    assert inv(env, 3, "ore_red") == 0 and td["rewards"][0] == pytest.approx(-0.2)
-    # the generator started on one ore at once; the second waits in its input
-    assert inv(env, gen, "ore_red") == 1 and int(env.timer[0, gen]) == env.cfg.generator_cooldown
+    td = act(env, (A["put_items"], 0))  # one conversion's input (one ore), as MettaGrid's put_recipe_items
+    assert inv(env, 3, "ore_red") == 1 and td["rewards"][0] == pytest.approx(-0.1)
+    # the generator started on it at once
+    assert inv(env, gen, "ore_red") == 0 and int(env.timer[0, gen]) == env.cfg.generator_cooldown
+    td = act(env, (A["put_items"], 0))  # the second waits in its input
+    assert inv(env, 3, "ore_red") == 0 and td["rewards"][0] == pytest.approx(-0.1)
+    assert inv(env, gen, "ore_red") == 1
     td = act(env, (A["put_items"], 0))  # nothing left to put: fails
     assert td["rewards"][0] == 0
 
