@@ -71,7 +71,7 @@ def reference_scores(task: str, out: str) -> dict[str, float]:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    env = make_env(task, num_envs=8, seed=1)
+    env = make_env(task, num_envs=8, seed=1, desync_episodes=False)  # whole episodes, as training's later ones are
     scores = {"scripted": play(env, ScriptedPlayer(env).act, EPISODES[task])["return"]}
     generator = torch.Generator().manual_seed(1)
     scores["random"] = play(env, lambda: random_actions(env, generator), EPISODES[task])["return"]
