@@ -1,7 +1,7 @@
 """The acting step as a CUDA graph (`--cuda-graphs`): recorded once, then replayed every step.
 
-On a GPU one acting step of Fast is a few dozen small kernels, and at a few thousand agents launching them
-costs more than running them. A graph replays all of them with one launch. The step must then be a fixed
+On a GPU one acting step of Fast is dozens of small kernels, each launched from Python; a graph replays all
+of them with one launch (what that saves is for scripts/gpu_check.py to measure). The step must then be a fixed
 function of fixed-shape tensors, so the per-slice recurrent state goes in and comes out as tensors, and the
 policy's own acting branch (`RecurrentPolicy.forward`) runs inside unchanged: what is recorded is exactly
 what an eager step computes. tensordict's CudaGraphModule does the recording, the copies into the graph's
