@@ -35,7 +35,7 @@ class GraphedActing:
         memory.set_memory({0: (h, c)})
         td = self.policy(TensorDict({"env_obs": obs, "dones": dones, "truncateds": truncateds}, batch_size=[len(obs)]))
         h, c = memory.get_memory()[0]
-        # fp32 in and out: under bf16 autocast the LSTM casts it to the bf16 it returned, exactly, as eager does
+        # the state in fp32 both ways: under bf16 autocast the LSTM returns bf16 and casts it back, losing nothing
         return (*(td[k] for k in OUTPUTS), h.float(), c.float())
 
     def __call__(self, td: TensorDict) -> TensorDict:
