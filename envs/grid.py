@@ -295,10 +295,8 @@ class GridEnv:
         arg = torch.where(acting, arg, 0)
         # a random order without sorting: distinct random keys (a random number, then the agent to break ties)
         order = torch.randint(0, 1 << 40, (E, A_), device=dev, generator=self.generator) * A_ + self.agent_index
-        facing = agents[..., F["orientation"]].long()
+        facing, front, front_row = self.facing()
         fwd = self.dir_flat[facing]
-        front = self.pos + fwd
-        front_row = self.grid.gather(1, front).long()
 
         # attacks: simultaneous, first; a frozen target loses the rest of its action
         reach = (arg // 3 + 1) * fwd + (arg % 3 - 1) * self.right_flat[facing]
@@ -387,6 +385,13 @@ class GridEnv:
         if final_obs:
             td["final_env_obs"] = final
         return td
+
+    def facing(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each agent's orientation, the cell in front of it and the table row of what is there (self.kinds names
+        it: empty, wall, block, agent, a converter), all [num_envs, agents_per_env]."""
+        facing = self.obj[:, 3:3 + self.agents_per_env, F["orientation"]].long()
+        front = self.pos + self.dir_flat[facing]
+        return facing, front, self.grid.gather(1, front).long()
 
     def _potential(self, inv: torch.Tensor) -> torch.Tensor:
         return torch.minimum(inv.float() * self.reward_w, self.reward_cap).sum(-1)

@@ -5,6 +5,7 @@ The memory follows the checkpoint's training semantics: with --memory reset (Met
 every bptt steps, as every rollout started from zero state; with --memory carry it never is.
 
     python scripts/evaluate.py runs/nav_fast_0/checkpoint.pt --episodes 100 --replay
+    python scripts/evaluate.py runs/arena_fast_0/checkpoint.pt --actions   # what it does in front of each thing
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import make_env  # noqa: E402
 from envs.grid import GridEnv  # noqa: E402
 from envs.render import LEGEND, render, write_gif  # noqa: E402
+from envs.spec import ACTIONS, INV0, INVENTORY_ITEMS  # noqa: E402
 from policies import make_policy  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 from trainer.collapse.faults import apply_faults  # noqa: E402
@@ -40,8 +42,53 @@ class Args:
     """Print map 0 after every step of its first episode."""
     gif: str = ""
     """Also write map 0's first episode to this animated GIF (our gridworld; needs the plots extra)."""
+    actions: bool = False
+    """Also print what the policy chooses by what it faces: the thing in front, whether a converter holds its output,
+    whether the agent holds the converter's input (our gridworld)."""
     device: str = "cpu"
     """Device to run on."""
+
+
+class ActionTable:
+    """Counts the action types the policy chooses (carried out or not) by what each agent faces."""
+
+    def __init__(self, env: GridEnv):
+        self.env, self.kinds = env, sorted(set(env.kinds))
+        self.kind_of_row = torch.tensor([self.kinds.index(k) for k in env.kinds], device=env.device)
+        self.counts = torch.zeros(len(self.kinds) * 4, len(ACTIONS), dtype=torch.long, device=env.device)
+
+    def add(self, actions: torch.Tensor) -> None:
+        env = self.env
+        _, _, row = env.facing()
+        items = slice(INV0, INV0 + len(INVENTORY_ITEMS))
+        agent_items = env.obj[:, 3:3 + env.agents_per_env, items]
+        front_items = env.obj.gather(1, row[..., None].expand(-1, -1, env.obj.shape[-1]))[..., items]
+        out_item, in_item = env.row_out[row], env.row_in[row]  # -1 where what is in front converts nothing
+        loaded = (out_item >= 0) & (front_items.gather(2, out_item.clamp(min=0)[..., None]).squeeze(2) > 0)
+        holds_input = (in_item >= 0) & (agent_items.gather(2, in_item.clamp(min=0)[..., None]).squeeze(2) > 0)
+        key = self.kind_of_row[row] * 4 + loaded.long() * 2 + holds_input.long()
+        self.counts += torch.bincount((key.flatten() * len(ACTIONS) + actions[:, 0]),
+                                      minlength=self.counts.numel()).view_as(self.counts)
+
+    def label(self, key: int) -> str:
+        kind, loaded, holds_input = self.kinds[key // 4], key // 2 % 2, key % 2
+        rows = [r for r, k in enumerate(self.env.kinds) if k == kind]
+        out_item, in_item = int(self.env.row_out[rows[0]]), int(self.env.row_in[rows[0]])
+        if out_item < 0:
+            return kind
+        text = f"{kind} {'with' if loaded else 'without'} {INVENTORY_ITEMS[out_item]}"
+        return text + (f", holding {INVENTORY_ITEMS[in_item]}" if holds_input else "") if in_item >= 0 else text
+
+    def __str__(self) -> str:
+        total, names = self.counts.sum(), [name for name, _ in ACTIONS]
+        lines = ["what the policy chooses by what it faces: share of all agent steps, then each action type's share"
+                 " of those steps", f"{'faces':<52}{'steps':>7}" + "".join(f"{n:>10}" for n in names)]
+        for key in self.counts.sum(1).argsort(descending=True).tolist():
+            steps = self.counts[key]
+            if steps.sum():
+                lines.append(f"{self.label(key):<52}{steps.sum() / total:>7.1%}"
+                             + "".join(f"{n / steps.sum():>10.1%}" for n in steps))
+        return "\n".join(lines)
 
 
 def evaluate(args: Args) -> dict[str, float]:
@@ -50,11 +97,12 @@ def evaluate(args: Args) -> dict[str, float]:
     torch.manual_seed(args.seed)
     env = make_env(cfg.env, num_envs=args.num_envs, seed=args.seed, device=args.device,
                    **{**cfg.env_overrides, "desync_episodes": False})  # full-length episodes only
-    if (args.replay or args.gif) and not isinstance(env, GridEnv):
-        raise ValueError(f"--replay and --gif draw our gridworld's maps; {cfg.env} is not one: leave them out")
+    if (args.replay or args.gif or args.actions) and not isinstance(env, GridEnv):
+        raise ValueError(f"--replay, --gif and --actions read our gridworld's maps; {cfg.env} is not one: leave them out")
     policy = apply_faults(make_policy(cfg.policy, env, **cfg.policy_options), cfg.fault_set).to(args.device)
     policy.load_state_dict(state["policy"])
     td = env.reset()
+    table = ActionTable(env) if args.actions else None
     finished, totals, replaying = 0, {}, args.replay or bool(args.gif)
     frames = [LEGEND + "\n" + render(env, 0)] if replaying else []
     if args.replay:
@@ -68,7 +116,10 @@ def evaluate(args: Args) -> dict[str, float]:
                 policy.reset_memory()
             step += 1
             td["training_env_id_start"] = torch.zeros(len(td), dtype=torch.long, device=env.device)
-            td = env.step(policy(td)["actions"])  # the policy zeroes a row's state when its episode restarts
+            actions = policy(td)["actions"]  # the policy zeroes a row's state when its episode restarts
+            if table is not None:
+                table.add(actions)
+            td = env.step(actions)
             if replaying:
                 frames.append(LEGEND + "\n" + render(env, 0))
                 if args.replay:
@@ -82,6 +133,8 @@ def evaluate(args: Args) -> dict[str, float]:
                 finished += ended
     if args.gif:
         write_gif(frames, args.gif)
+    if table is not None:
+        print(table)
     return {k: v / finished for k, v in totals.items()}
 
 

@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 
 from envs import make_env
+from envs.spec import ACTIONS
 from experience import SegmentedBuffer, prio_beta, sample_segments, shuffled_minibatches
 from trainer import TrainConfig, Trainer
 from trainer.advantage import compute_advantages
@@ -203,19 +204,24 @@ def test_dead_encoder_units_are_counted_on_the_current_observations():
     assert max(dead, 0.25) <= more <= dead + 0.25
 
 
-def trained_checkpoint_and_evaluate(tmp_path):
-    """A checkpoint after one update of a small nav run, and scripts/evaluate.py loaded as a module."""
+def load_evaluate():
+    """scripts/evaluate.py loaded as a module."""
     import importlib.util
     import os
     import sys
 
-    trainer = Trainer(small_config(log_dir=str(tmp_path)))
-    trainer.train(updates=1, quiet=True)
     path = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
     spec = importlib.util.spec_from_file_location("evaluate", path)
     evaluate = sys.modules["evaluate"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate)
-    return trainer, evaluate
+    return evaluate
+
+
+def trained_checkpoint_and_evaluate(tmp_path):
+    """A checkpoint after one update of a small nav run, and scripts/evaluate.py loaded as a module."""
+    trainer = Trainer(small_config(log_dir=str(tmp_path)))
+    trainer.train(updates=1, quiet=True)
+    return trainer, load_evaluate()
 
 
 def test_evaluate_runs_episodes_from_a_checkpoint(tmp_path):
@@ -231,3 +237,33 @@ def test_evaluate_writes_an_episode_as_an_animated_gif(tmp_path):
     gif = str(tmp_path / "episode.gif")
     evaluate.evaluate(evaluate.Args(checkpoint=trainer.checkpoint_path, episodes=4, num_envs=2, gif=gif))
     assert Image.open(gif).n_frames == 11  # the first observation and the 10 steps of an episode (max_steps 10)
+
+
+def test_action_table_counts_each_choice_by_what_the_agent_faces():
+    from envs import GridEnv, make_config
+    from envs.spec import A, INV0, ITEM
+
+    env = GridEnv(make_config("arena", num_envs=1, desync_episodes=False, layout=("#######",
+                                                                                  "#>m#g<#",
+                                                                                  "#^....#",
+                                                                                  "#######")))
+    env.reset()
+    env.obj[0, 4, INV0 + ITEM["ore_red"]] = 2  # the agent facing the generator holds ore
+    table = load_evaluate().ActionTable(env)
+    table.add(torch.tensor([[A["get_items"], 0], [A["put_items"], 0], [A["move"], 0]]))
+    table.add(torch.tensor([[A["get_items"], 0], [A["rotate"], 1], [A["move"], 0]]))
+    chosen = {table.label(key): {name: int(n) for (name, _), n in zip(ACTIONS, row) if n}
+              for key, row in enumerate(table.counts) if row.any()}
+    assert chosen == {"mine_red with ore_red": {"get_items": 2},
+                      "generator_red without battery_red, holding ore_red": {"put_items": 1, "rotate": 1},
+                      "agent": {"move": 2}}  # the third faces the first
+    text = str(table).splitlines()
+    assert text[2].startswith("mine_red with ore_red") and "33.3%" in text[2] and "100.0%" in text[2]
+
+
+def test_evaluate_prints_the_action_table(tmp_path, capsys):
+    trainer, evaluate = trained_checkpoint_and_evaluate(tmp_path)
+    evaluate.evaluate(evaluate.Args(checkpoint=trainer.checkpoint_path, episodes=4, num_envs=2, actions=True))
+    rows = capsys.readouterr().out.split("what the policy chooses")[1].splitlines()[2:]
+    steps = [float(row.split("%")[0].split()[-1]) for row in rows if row.strip()]
+    assert {"altar with heart", "empty"} <= {row[:52].strip() for row in rows} and abs(sum(steps) - 100) < 0.5
