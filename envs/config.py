@@ -50,18 +50,20 @@ class GridConfig:
     """Side of the agent-centred square window (odd, at most 15: row and col are 4-bit)."""
     obs_tokens: int = 200
     """Tokens per observation; the first 4 are global, extra object tokens are dropped and counted."""
+    conversion_ticks: int = 1
+    """Steps from a converter taking its input (a mine: starting) to its output appearing; then it cools down."""
     mine_cooldown: int = 50
-    """Steps a mine takes to make one ore."""
+    """Steps a mine rests after making one ore before it starts the next (MettaGrid's cooldown)."""
     mine_max_output: int = 5
     """A mine stops producing while it holds this much ore."""
-    mine_initial_output: int = 1
-    """Ore a mine holds at the start of an episode."""
+    mine_initial_output: int = 0
+    """Ore a mine holds at the start of an episode (its first is made at step 1 either way)."""
     generator_cooldown: int = 25
-    """Steps a generator takes to turn one ore into one battery."""
+    """Steps a generator rests after turning one ore into one battery."""
     generator_max_output: int = 5
     """A generator pauses while it holds this many batteries."""
     altar_cooldown: int = 10
-    """Steps an altar takes to turn one battery into one heart."""
+    """Steps an altar rests after turning one battery into one heart."""
     altar_max_output: int = 5
     """An altar pauses while it holds this many hearts."""
     altar_initial_output: int = 0
@@ -93,8 +95,8 @@ class GridConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        for name in ("num_envs", "agents_per_env", "max_steps", "mine_cooldown", "generator_cooldown",
-                     "altar_cooldown", "max_inventory"):
+        for name in ("num_envs", "agents_per_env", "max_steps", "conversion_ticks", "mine_cooldown",
+                     "generator_cooldown", "altar_cooldown", "max_inventory"):
             need(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("mines", "generators", "altars", "blocks", "walls", "mine_max_output", "generator_max_output",
                      "altar_max_output", "mine_initial_output", "altar_initial_output", "initial_lasers",

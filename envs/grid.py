@@ -77,7 +77,8 @@ class GridEnv:
         self.obj = torch.zeros(E, M, len(FEATURE_NAMES), dtype=torch.int16, device=dev)
         self.grid = torch.zeros(E, self.Hp * self.Wp, dtype=torch.int16, device=dev)
         self.pos = torch.zeros(E, A_, dtype=torch.long, device=dev)  # flat padded cell of each agent
-        self.timer = torch.zeros(E, M, dtype=torch.int16, device=dev)  # converter ticks left
+        self.timer = torch.zeros(E, M, dtype=torch.int16, device=dev)  # converter: steps left in its phase, 0 idle
+        self.cooling = torch.zeros(E, M, dtype=torch.bool, device=dev)  # converter: the phase is its cooldown
         self.decoy = torch.zeros(E, M, dtype=torch.bool, device=dev)  # takes from it pay nothing (memory task)
         self.cue_cell = torch.zeros(E, 1, dtype=torch.long, device=dev)
         self.steps = torch.zeros(E, dtype=torch.long, device=dev)
@@ -250,14 +251,15 @@ class GridEnv:
         self.grid, self.pos = torch.where(r, grid, self.grid), torch.where(r, pos, self.pos)
         self.obj = torch.where(r[..., None], obj, self.obj)
         self.decoy, self.cue_cell = torch.where(r, decoy, self.decoy), torch.where(r, cue_cell, self.cue_cell)
-        self.timer = torch.where(r, 0, self.timer)
+        self.timer, self.cooling = torch.where(r, 0, self.timer), torch.where(r, False, self.cooling)
         self.steps, self.takes = torch.where(reset, 0, self.steps), torch.where(reset, 0, self.takes)
         self.limit = torch.where(reset, self.cfg.max_steps, self.limit)
         self.last_action = torch.where(r[..., None], self.noop_action, self.last_action)
         self.last_reward = torch.where(r, 0.0, self.last_reward)
+        self._start_converters()  # MettaGrid's converters try to start when placed: a mine's first ore comes at step 1
 
     # --- saving and restoring: a resumed run continues exactly --------------------------------------
-    STATE = ("obj", "grid", "pos", "timer", "decoy", "cue_cell", "steps", "limit", "takes", "last_action",
+    STATE = ("obj", "grid", "pos", "timer", "cooling", "decoy", "cue_cell", "steps", "limit", "takes", "last_action",
              "last_reward", "episode", "finished")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -282,6 +284,7 @@ class GridEnv:
         episode not been reset (what gymnasium's same-step autoreset reports)."""
         E, A_, dev = self.num_envs, self.agents_per_env, self.device
         check_actions(actions, self.num_agents)
+        self._advance_converters()  # before the actions, as MettaGrid runs its events at the start of a step
         act = actions.to(dev, torch.long).view(E, A_, 2)
         typ, arg = act[..., 0], act[..., 1]
         agents = self.obj[:, 3:3 + A_]  # a view: writes go to the table
@@ -357,7 +360,7 @@ class GridEnv:
         # freezing counts down; new hits restart it
         left = (agents[..., F["frozen"]] - frozen.to(agents.dtype)).clamp(min=0)
         agents[..., F["frozen"]] = torch.where(hit, self.cfg.freeze_duration, left).to(agents.dtype)
-        self._tick_converters()
+        self._start_converters()  # a put (or a get that made room) starts a converter at once
 
         # rewards, episode bookkeeping
         reward = self._potential(inv) - potential_before
@@ -396,24 +399,40 @@ class GridEnv:
     def _potential(self, inv: torch.Tensor) -> torch.Tensor:
         return torch.minimum(inv.float() * self.reward_w, self.reward_cap).sum(-1)
 
-    def _tick_converters(self) -> None:
-        """A busy converter counts down and delivers one output; an idle one starts if it has input and room."""
+    # --- converters: MettaGrid's Converter. Idle -> (takes its input) converting for conversion_ticks -> the output
+    # appears -> cooling down for cooldown steps -> idle, and it starts again at once if it has input and room ---------
+    def _advance_converters(self) -> None:
+        """A step passes for every busy converter; a finished conversion delivers its output and starts the cooldown,
+        a finished cooldown leaves the converter idle (and free to start again)."""
         c0, c1 = self.conv0, self.conv1
         if c1 == c0:
             return
-        conv = self.obj[:, c0:c1]
-        timer = self.timer[:, c0:c1]
+        conv, timer, cooling = self.obj[:, c0:c1], self.timer[:, c0:c1], self.cooling[:, c0:c1]
         busy = timer > 0
         timer = timer - busy.to(timer.dtype)
+        ended = busy & (timer == 0)
+        made = ended & ~cooling
+        out_col = (INV0 + self.conv_out).expand(self.num_envs, -1)[..., None]
+        conv.scatter_add_(2, out_col, made.to(conv.dtype)[..., None])
+        self.timer[:, c0:c1] = torch.where(made, self.conv_cooldown.to(timer.dtype), timer)
+        self.cooling[:, c0:c1] = torch.where(ended, made, cooling)
+        self._start_converters()
+
+    def _start_converters(self) -> None:
+        """An idle converter with room for its output and its input (a mine needs none) takes the input and starts
+        converting (MettaGrid's maybe_start_converting)."""
+        c0, c1 = self.conv0, self.conv1
+        if c1 == c0:
+            return
+        conv, timer = self.obj[:, c0:c1], self.timer[:, c0:c1]
         out_col = (INV0 + self.conv_out).expand(self.num_envs, -1)[..., None]
         in_col = (INV0 + self.conv_in.clamp(min=0)).expand(self.num_envs, -1)[..., None]
-        conv.scatter_add_(2, out_col, (busy & (timer == 0)).to(conv.dtype)[..., None])
         has_input = (self.conv_in < 0) | (conv.gather(2, in_col).squeeze(2) > 0)
         start = (timer == 0) & (conv.gather(2, out_col).squeeze(2) < self.conv_max) & has_input
         conv.scatter_add_(2, in_col, -(start & (self.conv_in >= 0)).to(conv.dtype)[..., None])
-        timer = torch.where(start, self.conv_cooldown.to(timer.dtype), timer)
+        timer = torch.where(start, self.cfg.conversion_ticks, timer)
         self.timer[:, c0:c1] = timer
-        conv[..., F["converting"]] = (timer > 0).to(conv.dtype)
+        conv[..., F["converting"]] = (timer > 0).to(conv.dtype)  # MettaGrid's flag: converting or cooling down
 
     def _finish_episodes(self, done_env: torch.Tensor) -> None:
         """Add finished episodes to the statistics, then lay out fresh maps for them."""

@@ -33,10 +33,9 @@ def render(env: GridEnv, index: int = 0) -> str:
         act = f"{ACTIONS[last[i][0]][0]}({last[i][1]})"
         lines.append(f"agent {i} at ({row - p},{col - p}) {FACING[obj[r][F['orientation']]]} last={act} reward={float(env.last_reward[index, i]):+.2f}"
                      f"{f' frozen={frozen}' if frozen else ''}  {_inventory(obj[r][INV0:])}")
-    timers = env.timer[index].tolist()
-    decoy = env.decoy[index].tolist()
+    timers, cooling, decoy = env.timer[index].tolist(), env.cooling[index].tolist(), env.decoy[index].tolist()
     for r in range(env.conv0, env.conv1):
-        busy = f" converting({timers[r]})" if timers[r] else ""
+        busy = f" {'cooling' if cooling[r] else 'converting'}({timers[r]})" if timers[r] else ""
         lines.append(f"{kinds[r]:<13} {_inventory(obj[r][INV0:])}{busy}{' (decoy)' if decoy[r] else ''}")
     return "\n".join(lines)
 

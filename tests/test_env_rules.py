@@ -58,19 +58,20 @@ def test_get_and_put_move_items_and_reward_potential():
                     "#g..#",
                     "#####"], mine_initial_output=2)
     mine, gen = env.conv0, env.conv0 + 1
-    td = act(env, (A["get_items"], 0))
-    assert inv(env, 3, "ore_red") == 2 and inv(env, mine, "ore_red") == 0
-    assert td["rewards"][0] == pytest.approx(0.2)
+    td = act(env, (A["get_items"], 0))  # the 2 it started with and the one it made at the start of step 1
+    assert inv(env, 3, "ore_red") == 3 and inv(env, mine, "ore_red") == 0
+    assert td["rewards"][0] == pytest.approx(0.3)
     act(env, (A["rotate"], 1))  # face the generator below
     td = act(env, (A["put_items"], 0))  # one conversion's input (one ore), as MettaGrid's put_recipe_items
-    assert inv(env, 3, "ore_red") == 1 and td["rewards"][0] == pytest.approx(-0.1)
+    assert inv(env, 3, "ore_red") == 2 and td["rewards"][0] == pytest.approx(-0.1)
     # the generator started on it at once
-    assert inv(env, gen, "ore_red") == 0 and int(env.timer[0, gen]) == env.cfg.generator_cooldown
-    td = act(env, (A["put_items"], 0))  # the second waits in its input
-    assert inv(env, 3, "ore_red") == 0 and td["rewards"][0] == pytest.approx(-0.1)
-    assert inv(env, gen, "ore_red") == 1
+    assert inv(env, gen, "ore_red") == 0 and int(env.timer[0, gen]) == env.cfg.conversion_ticks
+    td = act(env, (A["put_items"], 0))  # the second waits in its input while the generator cools down
+    assert inv(env, 3, "ore_red") == 1 and td["rewards"][0] == pytest.approx(-0.1)
+    assert inv(env, gen, "ore_red") == 1 and inv(env, gen, "battery_red") == 1 and bool(env.cooling[0, gen])
+    act(env, (A["put_items"], 0))
     td = act(env, (A["put_items"], 0))  # nothing left to put: fails
-    assert td["rewards"][0] == 0
+    assert inv(env, 3, "ore_red") == 0 and td["rewards"][0] == 0
 
 
 def test_converter_chain_cooldowns_and_limits():
@@ -78,12 +79,14 @@ def test_converter_chain_cooldowns_and_limits():
                     "#>m..#",
                     "######"], mine_initial_output=0, mine_cooldown=3, mine_max_output=2)
     mine = env.conv0
+    assert int(env.obj[0, mine, F["converting"]]) == 1  # placed, it starts at once, as MettaGrid's
     seen = []
     for _ in range(10):
         act(env, (A["noop"], 0))
         seen.append(inv(env, mine, "ore_red"))
-    # starts at the end of step 1, delivers 3 steps later, again 3 steps after, then stops at the limit of 2
-    assert seen == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    # conversion_ticks (1) after the start the ore is there, then 3 steps of cooldown (the flag stays up), a new
+    # start and one more step: one ore every 4 steps, until it holds its limit of 2
+    assert seen == [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
     assert int(env.obj[0, mine, F["converting"]]) == 0  # idle while full
     act(env, (A["get_items"], 0))
     assert inv(env, 3, "ore_red") == 2 and int(env.obj[0, mine, F["converting"]]) == 1
@@ -93,13 +96,13 @@ def test_full_chain_nets_one_per_heart():
     env = env_from(["######",
                     "#m>g.#",
                     "#..a.#",
-                    "######"], mine_initial_output=1, generator_cooldown=2, altar_cooldown=2)
+                    "######"])
     script = [  # (action, reward it earns)
         ((A["rotate"], 2), 0.0), ((A["get_items"], 0), 0.1),  # ore from the mine
         ((A["rotate"], 3), 0.0), ((A["put_items"], 0), -0.1),  # ore into the generator
-        ((A["noop"], 0), 0.0), ((A["noop"], 0), 0.0), ((A["get_items"], 0), 0.8),  # 2 ticks later, a battery
+        ((A["get_items"], 0), 0.8),  # the battery, made at the start of the next step (conversion_ticks 1)
         ((A["rotate"], 1), 0.0), ((A["move"], 0), 0.0), ((A["rotate"], 3), 0.0),  # step down, face the altar
-        ((A["put_items"], 0), -0.8), ((A["noop"], 0), 0.0), ((A["noop"], 0), 0.0), ((A["get_items"], 0), 1.0),
+        ((A["put_items"], 0), -0.8), ((A["get_items"], 0), 1.0),
     ]
     rewards = [float(act(env, pair)["rewards"][0]) for pair, _ in script]
     assert rewards == pytest.approx([r for _, r in script])
@@ -254,3 +257,21 @@ def test_memory_cue_leaves_the_view_and_nothing_else_tells(reads_are_free):
     # every map starts over: step 0, a new cue, and the altar it faces is the one that pays
     cue = env.obj[:, env.cue_row, F["orientation"]]
     assert (env.steps == 0).all() and torch.equal(env.decoy[:, env.altar_rows], torch.stack([cue == 1, cue == 0], 1))
+
+
+def test_a_converted_output_shows_the_step_after_the_put_as_in_mettagrid():
+    # MettaGrid runs its events at the start of a step and observes at the end: the put's step shows the generator
+    # busy and empty, the next step can take the battery, and the generator makes no other for cooldown steps
+    env = env_from(["#####",
+                    "#>g.#",
+                    "#####"], generator_cooldown=3)
+    gen = env.conv0
+    env.obj[0, 3, INV0 + ITEM["ore_red"]] = 3
+    act(env, (A["put_items"], 0))
+    assert int(env.obj[0, gen, F["converting"]]) == 1 and inv(env, gen, "battery_red") == 0
+    batteries = []
+    for action in ("put_items", "noop", "noop", "noop", "noop", "noop"):  # the second ore waits in its input
+        act(env, (A[action], 0))
+        batteries.append(inv(env, gen, "battery_red"))
+    # step 2: the first battery; it cools down through steps 2-4, starts again at step 5, the second comes at step 6
+    assert batteries == [1, 1, 1, 1, 2, 2]

@@ -60,7 +60,11 @@ def test_hand_built_map_tokens():
     up, left, right, down = (1 << 4) | 2, (2 << 4) | 1, (2 << 4) | 3, (3 << 4) | 2
     assert obs[7] == [up, F["type_id"], TYPE_IDS["wall"]]
     assert obs[8] == [left, F["type_id"], TYPE_IDS["wall"]]
-    assert obs[9:11] == [[right, F["type_id"], TYPE_IDS["mine_red"]], [right, INV0 + ITEM["ore_red"], 1]]
+    # the mine: converting its first ore (it started when placed), holding none yet
+    assert obs[9:11] == [[right, F["type_id"], TYPE_IDS["mine_red"]], [right, F["converting"], 1]]
+    after = env.step(torch.tensor([[A["noop"], 0]]))["env_obs"][0].tolist()  # made at step 1, now resting
+    assert after[9:12] == [[right, F["type_id"], TYPE_IDS["mine_red"]], [right, F["converting"], 1],
+                           [right, INV0 + ITEM["ore_red"], 1]]
     assert obs[11] == [down, F["type_id"], TYPE_IDS["wall"]]
     # distance 2: (0,2) is outside the map (nothing), (1,1) wall, (1,3) wall, (2,0) outside, (2,4) empty, ...
     assert obs[12] == [(1 << 4) | 1, F["type_id"], TYPE_IDS["wall"]]

@@ -243,7 +243,7 @@ def test_action_table_counts_each_choice_by_what_the_agent_faces():
     from envs import GridEnv, make_config
     from envs.spec import A, INV0, ITEM
 
-    env = GridEnv(make_config("arena", num_envs=1, desync_episodes=False, layout=("#######",
+    env = GridEnv(make_config("arena", num_envs=1, desync_episodes=False, mine_initial_output=1, layout=("#######",
                                                                                   "#>m#g<#",
                                                                                   "#^....#",
                                                                                   "#######")))
