@@ -268,6 +268,11 @@ class GridEnv:
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [name for name in self.STATE if name not in state]
+        if missing:
+            raise ValueError(f"saved env state lacks {missing}: an older version of the env wrote it (the converters' "
+                             "cooldown state came with commit bd6d65a); continue it with the version that wrote it, "
+                             "or start a new run")
         for name in self.STATE:
             current = getattr(self, name)
             if state[name].shape != current.shape:

@@ -275,3 +275,11 @@ def test_a_converted_output_shows_the_step_after_the_put_as_in_mettagrid():
         batteries.append(inv(env, gen, "battery_red"))
     # step 2: the first battery; it cools down through steps 2-4, starts again at step 5, the second comes at step 6
     assert batteries == [1, 1, 1, 1, 2, 2]
+
+
+def test_env_state_from_an_older_version_is_refused_with_the_fix():
+    env = env_from(["#####", "#>m.#", "#####"])
+    state = env.state_dict()
+    del state["cooling"]
+    with pytest.raises(ValueError, match=r"lacks \['cooling'\]: an older version of the env wrote it"):
+        env.load_state_dict(state)
