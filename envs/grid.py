@@ -146,8 +146,13 @@ class GridEnv:
         init[BLOCK, F["swappable"]] = 1
         init[self.agent_rows, F["group"]] = 1
         init[self.agent_rows, INV0 + ITEM["laser"]] = cfg.initial_lasers
+        # as placed, MettaGrid's converters try to start: one that needs no input (a mine) and has room converts at once
+        self.init_timer = torch.zeros(self.num_rows, dtype=torch.int16, device=dev)
         for i, c in enumerate(conv):
             init[self.conv0 + i, INV0 + c[1]] = c[4]
+            if c[0] < 0 and c[4] < c[3]:
+                init[self.conv0 + i, F["converting"]] = 1
+                self.init_timer[self.conv0 + i] = cfg.conversion_ticks
         self.init_obj = init
         # reward potential: weight and cap per inventory item (items outside REWARD_ITEMS weigh 0)
         self.reward_w = torch.zeros(len(ITEM), device=dev)
@@ -251,12 +256,11 @@ class GridEnv:
         self.grid, self.pos = torch.where(r, grid, self.grid), torch.where(r, pos, self.pos)
         self.obj = torch.where(r[..., None], obj, self.obj)
         self.decoy, self.cue_cell = torch.where(r, decoy, self.decoy), torch.where(r, cue_cell, self.cue_cell)
-        self.timer, self.cooling = torch.where(r, 0, self.timer), torch.where(r, False, self.cooling)
+        self.timer, self.cooling = torch.where(r, self.init_timer, self.timer), torch.where(r, False, self.cooling)
         self.steps, self.takes = torch.where(reset, 0, self.steps), torch.where(reset, 0, self.takes)
         self.limit = torch.where(reset, self.cfg.max_steps, self.limit)
         self.last_action = torch.where(r[..., None], self.noop_action, self.last_action)
         self.last_reward = torch.where(r, 0.0, self.last_reward)
-        self._start_converters()  # MettaGrid's converters try to start when placed: a mine's first ore comes at step 1
 
     # --- saving and restoring: a resumed run continues exactly --------------------------------------
     STATE = ("obj", "grid", "pos", "timer", "cooling", "decoy", "cue_cell", "steps", "limit", "takes", "last_action",
