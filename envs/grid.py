@@ -24,8 +24,8 @@ import torch
 from tensordict import TensorDict
 
 from envs.config import AGENT_CHARS, LAYOUT_CHARS, GridConfig
-from envs.spec import (A, ACTIONS, DIRECTIONS, EMPTY_TOKEN, F, FEATURES, FEATURE_NAMES, GLOBAL_FEATURES, INV0,
-                       ITEM, TYPE_IDS, EnvSpec)
+from envs.spec import (A, ACTIONS, DIRECTIONS, EMPTY_TOKEN, F, FEATURES, FEATURE_NAMES, GLOBAL_FEATURES, ID_FEATURES,
+                       INV0, ITEM, TYPE_IDS, EnvSpec)
 
 EMPTY, WALL, BLOCK = 0, 1, 2  # fixed rows
 REWARD_ITEMS = (ITEM["ore_red"], ITEM["battery_red"], ITEM["heart"])
@@ -63,7 +63,7 @@ class GridEnv:
             feature_names=FEATURE_NAMES, feature_normalizations=tuple(float(n) for _, n in FEATURES),
             action_names=tuple(n for n, _ in ACTIONS), action_max_args=tuple(m for _, m in ACTIONS),
             obs_width=cfg.obs_window, obs_height=cfg.obs_window, num_tokens=cfg.obs_tokens,
-            global_location=(r << 4) | r)
+            global_location=(r << 4) | r, id_features=ID_FEATURES)
         self._build_map_template()
         self._build_rows()
         self._build_window()

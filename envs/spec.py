@@ -30,6 +30,11 @@ class EnvSpec:
     num_tokens: int
     global_location: int
     """Location byte of the global tokens (the window centre here; 0xFE in MettaGrid 0.26)."""
+    id_features: tuple[tuple[str, int], ...] = ()
+    """Features whose value names a kind rather than an amount (type_id: 2 a wall, 4 a generator), each with
+    its number of ids (values 0 .. n-1; 0 is never a token, as no zero value is)."""
+    one_hot_ids: bool = False
+    """Policies read each id feature as one channel per id (with_one_hot_ids appended them to feature_names)."""
 
     @property
     def num_features(self) -> int:
@@ -62,6 +67,23 @@ class EnvSpec:
         norms = tuple(divisor if held else norm for held, norm in zip(inventory, self.feature_normalizations))
         return dataclasses.replace(self, feature_normalizations=norms)
 
+    def with_one_hot_ids(self) -> EnvSpec:
+        """This spec with a feature `name=k` (normalisation 1) per id k of every id feature: a box then holds a
+        wall and a generator on two channels, where the env's type_id puts them on one as 2 and 4 (and facing up,
+        orientation 0, as nothing). policies.tokens.OneHotIds rewrites the tokens to match."""
+        if self.one_hot_ids:
+            return self
+        if not self.id_features:
+            raise ValueError("one_hot_ids is set, but this env declares no id features (EnvSpec.id_features): "
+                             "leave it off")
+        names = tuple(f"{name}={k}" for name, n in self.id_features for k in range(1, n))
+        if self.num_features + len(names) > EMPTY_TOKEN:
+            raise ValueError(f"one channel per id needs {self.num_features + len(names)} features, more than a "
+                             f"token's feature byte holds ({EMPTY_TOKEN}): leave one_hot_ids off")
+        return dataclasses.replace(self, feature_names=self.feature_names + names,
+                                   feature_normalizations=self.feature_normalizations + (1.0,) * len(names),
+                                   one_hot_ids=True)
+
 
 # --- Our gridworld's features (MettaGrid, August 2025) ---------------------------------------------
 INVENTORY_ITEMS = (
@@ -90,3 +112,6 @@ TYPE_IDS = {"agent": 1, "wall": 2, "mine_red": 3, "generator_red": 4, "altar": 5
 
 # Orientation: 0 up, 1 down, 2 left, 3 right (also rotate's arg); (d_row, d_col) per orientation.
 DIRECTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+# Features whose value is an id, and how many ids each has (EnvSpec.id_features).
+ID_FEATURES = (("type_id", len(TYPE_IDS) + 1), ("orientation", 4), ("last_action", len(ACTIONS)))

@@ -19,15 +19,18 @@ POLICIES = {
 }
 
 
-def make_policy(name: str, env, inventory_norm: float = 0.0, **config) -> RecurrentPolicy:
+def make_policy(name: str, env, inventory_norm: float = 0.0, one_hot_ids: bool = False, **config) -> RecurrentPolicy:
     """Build policy `name` for `env` (an env with a `.spec`, or an EnvSpec); `config` goes to its constructor
     (clip_range, lstm_init). `inventory_norm` > 0 replaces the env's divisor of its inventory features
-    (EnvSpec.with_inventory_norm); 0 keeps the env's."""
+    (EnvSpec.with_inventory_norm); 0 keeps the env's. `one_hot_ids` reads each id feature (type_id, ...) as one
+    channel per id (EnvSpec.with_one_hot_ids)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     spec = env if isinstance(env, EnvSpec) else env.spec
     if inventory_norm:
         spec = spec.with_inventory_norm(inventory_norm)
+    if one_hot_ids:
+        spec = spec.with_one_hot_ids()
     return POLICIES[name](spec, **config)
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from envs.spec import EnvSpec
 from policies.actions import ActionTable, BilinearActionHead
 from policies.memory import LSTMMemory
-from policies.tokens import check_tokens
+from policies.tokens import OneHotIds, check_tokens
 
 
 def init_layer(layer: nn.Module, gain: float = 1.0) -> nn.Module:
@@ -35,6 +35,7 @@ class RecurrentPolicy(nn.Module):
         super().__init__()
         self.spec = spec
         self.encoder, self.memory, self.critic, self.actor = encoder, memory, critic, actor
+        self.read_ids = OneHotIds(spec) if spec.one_hot_ids else nn.Identity()
         self.actions = ActionTable(spec)
         self.clip_range = clip_range
         record_weight_bounds(self)
@@ -45,13 +46,13 @@ class RecurrentPolicy(nn.Module):
         starts = td["dones"].bool() | td["truncateds"].bool()  # this observation begins a new episode
         key = slice_key(td)
         if td.batch_dims == 1:  # acting: one step per agent
-            h = self.memory.step(self.encoder(obs), starts, key)
+            h = self.memory.step(self.encode(obs), starts, key)
             log_probs, values = self._heads(h)
             index = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
             td["actions"] = self.actions.to_pairs(index)
         elif td.batch_dims == 2:  # training: [B, T] segments
             B, T = td.batch_size
-            x = self.encoder(obs.flatten(0, 1)).view(B, T, -1)
+            x = self.encode(obs.flatten(0, 1)).view(B, T, -1)
             h = self.memory.unroll(x, starts, key)
             log_probs, values = self._heads(h)
             index = self.actions.to_index(td["actions"])
@@ -70,9 +71,13 @@ class RecurrentPolicy(nn.Module):
         obs = td["env_obs"]
         check_tokens(obs, self.spec)
         saved = self.memory.get_memory()
-        h = self.memory.step(self.encoder(obs), td["dones"].bool() | td["truncateds"].bool(), slice_key(td))
+        h = self.memory.step(self.encode(obs), td["dones"].bool() | td["truncateds"].bool(), slice_key(td))
         self.memory.set_memory(saved)
         return self.critic(h).squeeze(-1).float()
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Tokens -> the encoder's features, id features first spread to a channel per id where the spec asks."""
+        return self.encoder(self.read_ids(obs))
 
     def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # fp32 softmax and values even under bf16 autocast: bf16 log-probs would make the PPO ratio noisy

@@ -41,6 +41,25 @@ class TokenFields(nn.Module):
         return row, col, feature, value, real
 
 
+class OneHotIds(nn.Module):
+    """Tokens of an id feature -> a token of that id's own feature with value 1, for a spec made by
+    EnvSpec.with_one_hot_ids: (type_id, 4) becomes (type_id=4, 1), so that a generator is not a wall with a larger
+    value. Other tokens, and ids past the declared count, pass unchanged. One lookup per token."""
+
+    def __init__(self, spec: EnvSpec):
+        super().__init__()
+        feature, value = (t.clone() for t in torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij"))
+        for name, count in spec.id_features:
+            f = spec.feature_id(name)
+            for k in range(1, count):
+                feature[f, k], value[f, k] = spec.feature_id(f"{name}={k}"), 1
+        self.register_buffer("table", torch.stack([feature, value], -1).flatten(0, 1).to(torch.uint8), persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        pair = self.table[obs[..., 1].long() * 256 + obs[..., 2].long()]
+        return torch.cat([obs[..., :1], pair], -1)
+
+
 class TokensToBox(nn.Module):
     """`uint8 [N, tokens, 3]` -> `float [N, features, height, width]`: each value at (feature, row, col),
     divided by that feature's normalisation; padding tokens (0xFF) and tokens outside the window are skipped.

@@ -208,6 +208,32 @@ def test_inventory_norm_changes_only_the_inventory_features():
         make_policy("fast", no_inventory, inventory_norm=1.0)
 
 
+def test_one_hot_ids_gives_each_id_its_own_channel():
+    """With one_hot_ids a generator (type_id 4) and a wall (type_id 2) land on channels type_id=4 and type_id=2
+    with value 1, where the env's box holds them as 4 and 2 on one channel; every other feature is unchanged, and
+    every policy builds and acts on the wider input."""
+    env = make_env("arena", num_envs=8, seed=0)
+    obs = env.reset()["env_obs"]
+    plain, spread = (make_policy("fast", env, one_hot_ids=flag) for flag in (False, True))
+    before, after = plain.encoder.box(obs), spread.encoder.box(spread.read_ids(obs))
+    names = spread.spec.feature_names
+    assert names[:SPEC.num_features] == SPEC.feature_names
+    for name, count in SPEC.id_features:
+        f = F[name]
+        assert after[:, f].abs().sum() == 0  # every id token moved to its own channel
+        value = (before[:, f] * SPEC.feature_normalizations[f]).round()
+        for k in range(1, count):
+            assert torch.equal(after[:, names.index(f"{name}={k}")], (value == k).float())
+    assert (after[:, names.index("type_id=4")] == 1).any() and (after[:, names.index("orientation=3")] == 1).any()
+    ids = [F[name] for name, _ in SPEC.id_features]
+    rest = [f for f in range(SPEC.num_features) if f not in ids]
+    assert torch.equal(after[:, rest], before[:, rest])
+    for name in POLICIES:
+        make_policy(name, env, one_hot_ids=True)(acting_td(obs))
+    with pytest.raises(ValueError, match="declares no id features"):
+        make_policy("fast", dataclasses.replace(SPEC, id_features=()), one_hot_ids=True)
+
+
 def test_metta_lstm_init_saturates_and_forget_init_does_not():
     """The claim in docs/policies.md: with every LSTM bias 1 (two bias vectors: +2 per gate) the cell
     saturates and the output hardly depends on the observation."""

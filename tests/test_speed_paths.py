@@ -125,12 +125,12 @@ def test_token_conv_equals_the_convolution_over_the_box(source, reads_are_free, 
         torch.testing.assert_close(grad_sparse, grad_dense, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("inventory_norm", [0.0, 1.0])
-def test_fast_with_token_conv_acts_and_trains_as_with_the_box(inventory_norm):
+@pytest.mark.parametrize("options", [{}, {"inventory_norm": 1.0}, {"inventory_norm": 1.0, "one_hot_ids": True}])
+def test_fast_with_token_conv_acts_and_trains_as_with_the_box(options):
     env = make_env("arena", num_envs=4, seed=0)
     torch.manual_seed(0)
-    box = make_policy("fast", env, inventory_norm=inventory_norm)
-    tokens = make_policy("fast", env, token_conv=True, inventory_norm=inventory_norm)
+    box = make_policy("fast", env, **options)
+    tokens = make_policy("fast", env, token_conv=True, **options)
     tokens.load_state_dict(box.state_dict())  # checkpoints are interchangeable: the same parameters
     assert sum(p.numel() for p in tokens.parameters()) == sum(p.numel() for p in box.parameters())
     torch.manual_seed(1)

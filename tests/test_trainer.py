@@ -179,10 +179,11 @@ def test_bad_configurations(changes, message):
         Trainer(small_config(**changes))
 
 
-def test_inventory_norm_reaches_the_policy():
+def test_inventory_norm_and_one_hot_ids_reach_the_policy():
     heart = make_env("nav", num_envs=1).spec.feature_id("inv:heart")
     for divisor, expected in ((0.0, 100.0), (1.0, 1.0)):
         assert Trainer(small_config(inventory_norm=divisor)).policy.spec.feature_normalizations[heart] == expected
+    assert "type_id=4" in Trainer(small_config(one_hot_ids=True)).policy.spec.feature_names
 
 
 def test_explained_variance_and_metrics_are_finite():

@@ -136,6 +136,9 @@ class TrainConfig:
     """Divisor of the inventory features (inv:...) in the policy's input: 0 keeps the env's (Metta's 100;
     MettaGrid 0.26's 256), under which one held item reads 0.01 and a loaded altar looks almost like an
     emptied one; 1 makes one item read 1."""
+    one_hot_ids: bool = False
+    """Read each id feature (type_id, orientation, last_action) as one input channel per id, instead of the env's
+    one channel where a wall is 2 and a generator 4 (the env's, Metta's)."""
     faults: str = ""
     """Comma-separated faults to switch on (trainer/collapse/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
@@ -204,6 +207,8 @@ class TrainConfig:
         options = {"clip_range": self.clip_range}
         if self.inventory_norm:
             options["inventory_norm"] = self.inventory_norm
+        if self.one_hot_ids:
+            options["one_hot_ids"] = True
         if self.lstm_init:
             options["lstm_init"] = self.lstm_init
         if self.policy == "fast":

@@ -238,7 +238,7 @@ class Trainer:
         out = {f"weights/{name}_norm": torch.stack([p.detach().norm() for p in part.parameters()]).norm()
                for name, part in parts.items()}
         with torch.no_grad(), self.autocast():
-            features = self.policy.encoder(self.next_obs["env_obs"])
+            features = self.policy.encode(self.next_obs["env_obs"])
         out["encoder/dead_units"] = (features <= 0).all(0).float().mean()
         cells = [c for _, c in self.policy.get_memory().values()]
         if cells:
