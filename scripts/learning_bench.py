@@ -62,6 +62,8 @@ class Args:
     """Fraction of a run's updates averaged for final and best."""
     analyze_only: bool = False
     """Train nothing: report on the runs already in --out."""
+    keep_checkpoints: bool = False
+    """Keep each run's final checkpoint.pt (for scripts/evaluate.py); without it they are deleted."""
 
 
 def reference_scores(task: str, out: str) -> dict[str, float]:
@@ -206,7 +208,7 @@ def main(args: Args) -> None:
             if not args.analyze_only:
                 study = Study(env=task, policy=args.policy, budget=budgets[task], preset=args.preset,
                               train_args=args.train_args)
-                run_all(out, study, configs, args.seeds, args.jobs)
+                run_all(out, study, configs, args.seeds, args.jobs, args.keep_checkpoints)
                 write_curves(out)
             results.append(task_rows(task, out, args.window))
     except ValueError as e:
