@@ -80,11 +80,12 @@ def test_global_tokens_outside_the_window_go_to_the_centre():
     assert TokensToBox(spec)(obs)[0, F["last_reward"], 5, 5] == 1.0
 
 
+@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}], ids=["env_input", "one_hot_ids"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
-def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name):
+def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name, options):
     torch.manual_seed(0)
     env = make_env("nav", num_envs=6, max_steps=7, seed=1)  # episodes end every <= 7 steps
-    policy = make_policy(name, env)
+    policy = make_policy(name, env, **options)
     record = rollout(policy, env, 24)
     starts = record["dones"] | record["truncateds"]
     assert starts[:, 1:].any(1).all()  # every row has episode starts inside its segment
