@@ -32,7 +32,7 @@ class EnvSpec:
     """Location byte of the global tokens (the window centre here; 0xFE in MettaGrid 0.26)."""
     id_features: tuple[tuple[str, int], ...] = ()
     """Features whose value names a kind rather than an amount (type_id: 2 a wall, 4 a generator), each with
-    its number of ids (values 0 .. n-1; 0 is never a token, as no zero value is)."""
+    its number of ids (values 0 .. n-1; a 0 reads as nothing either way, as in the box)."""
     one_hot_ids: bool = False
     """Policies read each id feature as one channel per id (with_one_hot_ids appended them to feature_names)."""
 
@@ -69,8 +69,8 @@ class EnvSpec:
 
     def with_one_hot_ids(self) -> EnvSpec:
         """This spec with a feature `name=k` (normalisation 1) per id k of every id feature: a box then holds a
-        wall and a generator on two channels, where the env's type_id puts them on one as 2 and 4 (and facing up,
-        orientation 0, as nothing). policies.tokens.OneHotIds rewrites the tokens to match."""
+        wall and a generator on two channels, where the env's type_id puts them on one as 2 and 4 (an id of 0, such
+        as orientation 0, facing up, stays nothing). policies.tokens.OneHotIds rewrites the tokens to match."""
         if self.one_hot_ids:
             return self
         if not self.id_features:
