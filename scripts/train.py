@@ -39,7 +39,8 @@ def main() -> None:
         per_rank = f" ({ranks.world} ranks x {trainer.env.num_agents} agents)" if ranks.world > 1 else ""
         print(f"{c.policy} on {c.env}: {ranks.world * trainer.env.num_agents} agents{per_rank}, batch "
               f"{trainer.batch_size:,}, minibatch {c.minibatch_size:,} per rank, {trainer.num_updates} updates, device "
-              f"{trainer.device}, logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else ""))
+              f"{trainer.device}, logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else "")
+              + (f", policy weights from {c.init_from}" if c.init_from and not c.resume else ""))
     try:
         trainer.train()
     except (NonFiniteError, OSError) as e:

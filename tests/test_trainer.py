@@ -1,6 +1,7 @@
 """The trainer's mechanisms: buffer rows, segment sampling, advantage, call order, ratio 1, exact resume."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -146,6 +147,41 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     for key in a["env"]:
         assert torch.equal(a["env"][key], b["env"][key]), key
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_init_from_starts_a_new_run_from_another_runs_policy_weights(tmp_path):
+    first = Trainer(small_config(log_dir=str(tmp_path), run_name="stage1", env_overrides={"max_steps": 10, "walls": 0}))
+    first.train(updates=2, quiet=True)
+    path = first.save()
+    second = Trainer(small_config(log_dir=str(tmp_path), run_name="stage2", init_from=path, seed=1))
+    fresh = Trainer(small_config(log_dir=str(tmp_path), run_name="fresh", seed=1))
+    for key, value in first.policy.state_dict().items():
+        assert torch.equal(second.policy.state_dict()[key], value), key
+    assert any(not torch.equal(fresh.policy.state_dict()[k], v) for k, v in first.policy.state_dict().items())
+    assert second.update == second.global_step == 0 and not second.optimizer.state  # only the weights carry over
+    assert second.env.cfg.walls == 4  # its own env (nav's 4 interior walls), not the first stage's
+    second.train(updates=1, quiet=True)
+    path2 = second.save()
+    os.remove(path)  # a resumed run keeps its own weights: stage 1's checkpoint is not read again
+    resumed = Trainer(small_config(log_dir=str(tmp_path), resume=path2))
+    for key, value in second.policy.state_dict().items():
+        assert torch.equal(resumed.policy.state_dict()[key], value), key
+
+
+def test_init_from_errors_name_the_fix(tmp_path):
+    first = Trainer(small_config(log_dir=str(tmp_path), run_name="stage1"))
+    path = first.save()
+    with pytest.raises(ValueError, match=r"policy built otherwise \(policy 'fast' there, 'example' here\)"):
+        Trainer(small_config(log_dir=str(tmp_path), init_from=path, policy="example"))
+    with pytest.raises(ValueError, match="one_hot_ids False there, True here"):
+        Trainer(small_config(log_dir=str(tmp_path), init_from=path, one_hot_ids=True))
+    state = torch.load(path, weights_only=True)
+    state["policy"] = {k: v[..., :1] if v.dim() > 1 else v for k, v in state["policy"].items()}
+    torch.save(state, tmp_path / "other_env.pt")
+    with pytest.raises(ValueError, match="its weights do not fit this policy on nav .*size mismatch"):
+        Trainer(small_config(log_dir=str(tmp_path), init_from=str(tmp_path / "other_env.pt")))
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        Trainer(small_config(log_dir=str(tmp_path), init_from=str(tmp_path / "missing.pt")))
 
 
 def test_checkpoint_errors_name_the_fix(tmp_path):

@@ -51,3 +51,25 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a minippo checkpoint (expected format {FORMAT!r})")
     return state
+
+
+# the options a policy's weights only mean the same under: its architecture and how it reads its input
+POLICY_INPUT_OPTIONS = ("policy", "one_hot_ids", "inventory_norm")
+
+
+def load_policy_weights(policy: torch.nn.Module, path: str, cfg) -> None:
+    """Start `policy`, built for the run `cfg`, from the policy weights of the checkpoint at `path` (init_from);
+    ValueError naming the option, or the env's features or actions, that differ."""
+    state = load_checkpoint(path)
+    saved = state["config"]
+    differ = [f"{k} {saved.get(k)!r} there, {getattr(cfg, k)!r} here" for k in POLICY_INPUT_OPTIONS
+              if saved.get(k) != getattr(cfg, k)]
+    if differ:
+        raise ValueError(f"init_from={path!r} holds a policy built otherwise ({'; '.join(differ)}): give this run the "
+                         "same options, or leave init_from out")
+    try:
+        policy.load_state_dict(state["policy"])
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"init_from={path!r}: its weights do not fit this policy on {cfg.env} ({detail}); the env's "
+                         f"observation features or actions differ from {saved.get('env')!r}'s") from None

@@ -172,6 +172,10 @@ class TrainConfig:
     """Save a checkpoint every this many updates (also at the end and on Ctrl-C)."""
     resume: str = ""
     """A checkpoint to continue from, with its saved configuration (the other options are ignored)."""
+    init_from: str = ""
+    """A checkpoint whose policy weights a new run starts from (a curriculum's next stage: the same policy and input
+    options on another task or env variant); the optimizer, the envs and the step count start fresh. A resumed run
+    keeps its own weights."""
 
     def check_device(self, device: torch.device) -> None:
         """The switches this device cannot run as asked. --bf16 on a CPU without native bfloat16 (neither

@@ -27,7 +27,7 @@ from experience.sampling import prio_beta, sample_segments, shuffled_minibatches
 from policies import make_policy
 from trainer import distributed
 from trainer.advantage import compute_advantages
-from trainer.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
+from trainer.checkpoint import load_checkpoint, load_policy_weights, prepare_run_dir, save_checkpoint
 from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
 from trainer.cuda_graph import GraphedActing
@@ -62,7 +62,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the policy's initial weights (the same on every rank) and its action sampling
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=seed, device=str(self.device), **cfg.env_overrides)
         cfg.validate(self.env.num_agents)
-        self.policy = apply_faults(make_policy(cfg.policy, self.env, **cfg.policy_options), cfg.fault_set).to(self.device)
+        policy = make_policy(cfg.policy, self.env, **cfg.policy_options)
+        if cfg.init_from and not cfg.resume:  # a curriculum's next stage: the earlier stage's weights, all else fresh
+            load_policy_weights(policy, cfg.init_from, cfg)
+        self.policy = apply_faults(policy, cfg.fault_set).to(self.device)
         if self.ranks.world > 1:
             self.ranks.broadcast(self.policy)
             torch.manual_seed(seed)  # each rank samples its own actions
