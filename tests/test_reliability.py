@@ -152,6 +152,10 @@ def error_of(inp: str, tmp_path) -> str:
         run = Trainer(small_config(log_dir=str(tmp_path)))
         run.save()
         return cli(["--resume", run.checkpoint_path, "--num-envs", "8"])
+    if inp.startswith("`--init-from` a Fast checkpoint"):
+        run = Trainer(small_config(log_dir=str(tmp_path)))
+        run.save()
+        return cli(["--env", "nav", "--init-from", run.checkpoint_path, "--policy", "example"])
     calls = {"`env.step` float actions": lambda: env.step(torch.zeros(8, 2)),
              "`env.step` actions of shape [8]": lambda: env.step(torch.zeros(8, dtype=torch.long)),
              "a policy given float observations": lambda: make_policy("fast", env)(acting_td(torch.zeros(2, 200, 3)))}
