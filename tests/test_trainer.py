@@ -182,6 +182,10 @@ def test_init_from_errors_name_the_fix(tmp_path):
         Trainer(small_config(log_dir=str(tmp_path), init_from=str(tmp_path / "other_env.pt")))
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         Trainer(small_config(log_dir=str(tmp_path), init_from=str(tmp_path / "missing.pt")))
+    state = torch.load(path, weights_only=True)
+    del state["config"]["one_hot_ids"]  # a checkpoint from before the option: its default, not a mismatch
+    torch.save(state, tmp_path / "older.pt")
+    Trainer(small_config(log_dir=str(tmp_path), init_from=str(tmp_path / "older.pt")))
 
 
 def test_checkpoint_errors_name_the_fix(tmp_path):

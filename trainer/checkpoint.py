@@ -61,9 +61,9 @@ def load_policy_weights(policy: torch.nn.Module, path: str, cfg) -> None:
     """Start `policy`, built for the run `cfg`, from the policy weights of the checkpoint at `path` (init_from);
     ValueError naming the option, or the env's features or actions, that differ."""
     state = load_checkpoint(path)
-    saved = state["config"]
-    differ = [f"{k} {saved.get(k)!r} there, {getattr(cfg, k)!r} here" for k in POLICY_INPUT_OPTIONS
-              if saved.get(k) != getattr(cfg, k)]
+    saved = type(cfg).from_dict(state["config"])  # an option the checkpoint predates takes its default
+    differ = [f"{k} {getattr(saved, k)!r} there, {getattr(cfg, k)!r} here" for k in POLICY_INPUT_OPTIONS
+              if getattr(saved, k) != getattr(cfg, k)]
     if differ:
         raise ValueError(f"init_from={path!r} holds a policy built otherwise ({'; '.join(differ)}): give this run the "
                          "same options, or leave init_from out")
@@ -72,4 +72,4 @@ def load_policy_weights(policy: torch.nn.Module, path: str, cfg) -> None:
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise ValueError(f"init_from={path!r}: its weights do not fit this policy on {cfg.env} ({detail}); the env's "
-                         f"observation features or actions differ from {saved.get('env')!r}'s") from None
+                         f"observation features or actions differ from {saved.env!r}'s") from None
