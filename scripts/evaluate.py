@@ -57,7 +57,10 @@ class ActionTable:
         self.kind_of_row = torch.tensor([self.kinds.index(k) for k in env.kinds], device=env.device)
         self.counts = torch.zeros(len(self.kinds) * 4, len(ACTIONS), dtype=torch.long, device=env.device)
 
-    def add(self, actions: torch.Tensor) -> None:
+    def situations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per agent ([num_envs, agents_per_env]): the table's key for what it faces (the thing in front, whether a
+        converter there holds its output, whether the agent holds its input), and how many of that converter's input
+        and of its output the agent holds (0 where what is in front converts nothing)."""
         env = self.env
         _, _, row = env.facing()
         items = slice(INV0, INV0 + len(INVENTORY_ITEMS))
@@ -65,19 +68,27 @@ class ActionTable:
         front_items = env.obj.gather(1, row[..., None].expand(-1, -1, env.obj.shape[-1]))[..., items]
         out_item, in_item = env.row_out[row], env.row_in[row]  # -1 where what is in front converts nothing
         loaded = (out_item >= 0) & (front_items.gather(2, out_item.clamp(min=0)[..., None]).squeeze(2) > 0)
-        holds_input = (in_item >= 0) & (agent_items.gather(2, in_item.clamp(min=0)[..., None]).squeeze(2) > 0)
-        key = self.kind_of_row[row] * 4 + loaded.long() * 2 + holds_input.long()
+        held_in, held_out = (torch.where(item >= 0, agent_items.gather(2, item.clamp(min=0)[..., None]).squeeze(2), 0).long()
+                             for item in (in_item, out_item))
+        return self.kind_of_row[row] * 4 + loaded.long() * 2 + (held_in > 0).long(), held_in, held_out
+
+    def add(self, actions: torch.Tensor) -> None:
+        key, _, _ = self.situations()
         self.counts += torch.bincount((key.flatten() * len(ACTIONS) + actions[:, 0]),
                                       minlength=self.counts.numel()).view_as(self.counts)
 
-    def label(self, key: int) -> str:
+    def label(self, key: int, held_in: str = "", held_out: str = "") -> str:
+        """What key names; `held_in` and `held_out`, where given, are how many of the converter's input and output
+        the agent holds."""
         kind, loaded, holds_input = self.kinds[key // 4], key // 2 % 2, key % 2
         rows = [r for r, k in enumerate(self.env.kinds) if k == kind]
         out_item, in_item = int(self.env.row_out[rows[0]]), int(self.env.row_in[rows[0]])
         if out_item < 0:
             return kind
         text = f"{kind} {'with' if loaded else 'without'} {INVENTORY_ITEMS[out_item]}"
-        return text + (f", holding {INVENTORY_ITEMS[in_item]}" if holds_input else "") if in_item >= 0 else text
+        held = [f"{held_in + ' ' if held_in else ''}{INVENTORY_ITEMS[in_item]}"] if in_item >= 0 and holds_input else []
+        held += [f"{held_out} {INVENTORY_ITEMS[out_item]}"] if held_out else []
+        return text + (f", holding {' and '.join(held)}" if held else "")
 
     def __str__(self) -> str:
         total, names = self.counts.sum(), [name for name, _ in ACTIONS]

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -308,3 +309,71 @@ def test_evaluate_prints_the_action_table(tmp_path, capsys):
     rows = capsys.readouterr().out.split("what the policy chooses")[1].splitlines()[2:]
     steps = [float(row.split("%")[0].split()[-1]) for row in rows if row.strip()]
     assert {"altar with heart", "empty"} <= {row[:52].strip() for row in rows} and abs(sum(steps) - 100) < 0.5
+
+
+def load_credit():
+    """scripts/credit.py loaded as a module (it imports scripts/evaluate.py beside it)."""
+    import importlib.util
+    import os
+    import sys
+
+    load_evaluate()
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "credit.py")
+    spec = importlib.util.spec_from_file_location("credit", path)
+    credit = sys.modules["credit"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(credit)
+    return credit
+
+
+def test_credit_groups_gets_and_puts_by_what_the_agent_faces_and_holds():
+    from envs import GridEnv, make_config
+    from envs.spec import A, INV0, ITEM
+
+    env = GridEnv(make_config("arena", num_envs=1, desync_episodes=False, layout=("#######",
+                                                                                  "#>a#g<#",
+                                                                                  "#^....#",
+                                                                                  "#######")))
+    env.reset()
+    env.obj[0, 3, INV0 + ITEM["battery_red"]] = 1  # facing the altar with one battery
+    env.obj[0, 4, INV0 + ITEM["ore_red"]] = 12  # facing the generator with ore over the reward's cap and 2 batteries
+    env.obj[0, 4, INV0 + ITEM["battery_red"]] = 2
+    env.obj[0, 5, INV0 + ITEM["heart"]] = 4  # facing the first agent: no converter, its hearts not told apart
+    credit = load_credit()
+    table = credit.CreditTable(env)
+    key, held_in, held_out = table.table.situations()
+    actions = torch.tensor([A["put_items"], A["put_items"], A["move"]])
+    for z in (1.0, -3.0):  # the same choices twice, with these standardised advantages; the move is not counted
+        table.add(key.flatten(), held_in.flatten(), held_out.flatten(), actions, torch.full((3,), z),
+                  torch.tensor([-0.8, 0.0, 0.0]))
+    table.add(key.flatten(), held_in.flatten(), held_out.flatten(), torch.full((3,), A["get_items"]),
+              torch.tensor([0.5, 2.0, -1.0]), torch.zeros(3))
+    rows = {f"{label} | {act}": rest.split() for label, act, rest in
+            (re.match(r"(.*?)\s+(get_items|put_items)(.*)", line).groups() for line in str(table).splitlines()[1:])}
+    assert rows == {
+        "altar without heart, holding 1 battery_red | put_items": ["2", "-1.00", "50%", "-0.800"],
+        "altar without heart, holding 1 battery_red | get_items": ["1", "0.50", "100%", "0.000"],
+        "generator_red without battery_red, holding 3+ ore_red and 2 battery_red | put_items": ["2", "-1.00", "50%", "0.000"],
+        "generator_red without battery_red, holding 3+ ore_red and 2 battery_red | get_items": ["1", "2.00", "100%", "0.000"],
+        "agent | get_items": ["1", "-1.00", "0%", "0.000"]}
+
+
+def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
+    """Every get and put of the rollout is counted once, with the advantage the trainer computes for it."""
+    from envs.spec import A
+
+    trainer = Trainer(small_config(env="arena", num_envs=2, env_overrides={}, log_dir=str(tmp_path)))
+    trainer.train(updates=1, quiet=True)
+    credit = load_credit()
+    table = credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, rollouts=1, min_count=1))
+    assert "lambda 0.916" in capsys.readouterr().out
+
+    resumed = Trainer(small_config(resume=trainer.checkpoint_path, log_dir=str(tmp_path / "again")), given=("log_dir",))
+    resumed.rollout()  # the same rollout: the checkpoint holds the envs, the memory and the random streams
+    data = resumed.buffer.data
+    advantages = resumed.advantages(torch.ones_like(data["values"]))
+    z = ((advantages - advantages.mean()) / (advantages.std() + 1e-8))[:, :-1]
+    chosen = torch.isin(data["actions"][:, :-1, 0], torch.tensor([A["get_items"], A["put_items"]]))
+    n, z_sum = table.sums[0].sum().item(), table.sums[1].sum().item()
+    assert n == chosen.sum().item() > 0 and z_sum == pytest.approx(z[chosen].sum().item(), abs=1e-6)
+    other = credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, rollouts=1, min_count=1, gae_lambda=0.5))
+    assert "lambda 0.5" in capsys.readouterr().out and not torch.allclose(other.sums[1], table.sums[1])
