@@ -14,6 +14,8 @@ is shown beside it. Per task and configuration, over seeds (mean ± sd):
                      every seed did); a run has one torch thread, so its wall time is its core time
     ev, kl, clip     explained variance, approx_kl and clip fraction over the last 10% of updates
 
+and for the arena, each seed's hearts per agent-episode over the last 10% of updates.
+
 Writes --out/summary.md and --out/learning.png (needs the plots extra).
 """
 
@@ -36,6 +38,8 @@ from trainer.runs import Study, read_curves, read_runs, run_all, write_curves
 
 BUDGETS = {"nav": 2_000_000, "memory": 1_000_000, "arena": 5_000_000}
 EPISODES = {"nav": 400, "memory": 400, "arena": 24}  # agent-episodes for the scripted and random scores
+# The arena's return is mostly ore, up to the reward's cap: whether the chain is learned shows in its hearts.
+HEARTS = ("arena",)
 
 
 @dataclass
@@ -104,7 +108,7 @@ def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dic
     curves, runs = read_curves(out), read_runs(out)
     rows = []
     for config in dict.fromkeys(c for c, _ in runs):
-        seeds = [s for c, s in curves if c == config]
+        seeds = sorted(s for c, s in curves if c == config)
         numbers = {s: seed_numbers(*curves[(config, s)]["episode/return"], window, 0.0) for s in seeds}
         row = {"task": task, "config": config, "seeds": len(seeds),
                "crashed": sum(bool(r["error"]) for (c, _), r in runs.items() if c == config)}
@@ -119,6 +123,8 @@ def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dic
                     row[f"to{fraction:.0%}"] = (mean_sd(reach)[0], mean_sd(minutes)[0])
             for name, tag in (("ev", "losses/explained_variance"), ("kl", "losses/approx_kl"), ("clip", "losses/clipfrac")):
                 row[name] = tail_mean([curves[(config, s)][tag][1] for s in seeds], window)
+            if task in HEARTS:
+                row["hearts"] = [tail_mean([curves[(config, s)]["episode/heart_gained"][1]], window) for s in seeds]
         rows.append(row)
     return rows, scores, curves
 
@@ -133,7 +139,7 @@ def study_line(task: str, out: str) -> str:
             f"{study.budget:,} agent steps, commit {', '.join(commits)}, {'; '.join(machines)}")
 
 
-def table(results: list[tuple[list[dict], dict]], header: str) -> str:
+def table(results: list[tuple[list[dict], dict]], header: str, window: float = 0.1) -> str:
     lines = [header, "",
              "| task | configuration | seeds | final | best | steps, core-min to 50% | to 90% | ev | kl | clip |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -149,6 +155,10 @@ def table(results: list[tuple[list[dict], dict]], header: str) -> str:
     lines += ["", "Fractions of the scripted player's score; random play for scale:"]
     lines += [f"- {rows[0]['task'] if rows else '?'}: scripted {scores['scripted']:.3f}, random {scores['random']:.3f} "
               f"({scores['random'] / scores['scripted']:.0%})" for rows, scores in results]
+    hearts = [row for rows, _ in results for row in rows if row.get("hearts")]
+    if hearts:
+        lines += ["", f"Hearts per agent-episode over the last {window:.0%} of updates, by seed from seed 0:"]
+        lines += [f"- {row['task']} {row['config']}: {', '.join(f'{h:.2f}' for h in row['hearts'])}" for row in hearts]
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +224,7 @@ def main(args: Args) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     header = "; ".join(study_line(task, os.path.join(args.out, task)) for task in args.tasks) + "."
-    summary = table([(rows, scores) for rows, scores, _ in results], header)
+    summary = table([(rows, scores) for rows, scores, _ in results], header, args.window)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary)
     print(summary)
