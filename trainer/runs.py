@@ -62,10 +62,16 @@ def commit() -> str:
 
 
 def machine() -> str:
+    """The CPU's name, its family and model numbers where the OS gives them (a VM's name, "AMD EPYC", hides the
+    generation, and two generations round floats differently: the same seed trains another run), and its cores."""
     model = platform.processor()
     if os.path.exists("/proc/cpuinfo"):
-        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                     model)
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        model = info.get("model name", model)
+        if "cpu family" in info and "model" in info:
+            model += f" (family {info['cpu family']}, model {info['model']})"
     return f"{model}, {os.cpu_count()} cores"
 
 
