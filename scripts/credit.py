@@ -87,11 +87,15 @@ class CreditTable:
 
 
 def credit(args: Args) -> CreditTable:
+    if args.rollouts < 1 or args.min_count < 1:
+        raise ValueError(f"rollouts={args.rollouts}, min_count={args.min_count}: both must be at least 1")
     with tempfile.TemporaryDirectory() as log_dir:  # the resumed trainer makes its run folder; nothing is written
         trainer = Trainer(TrainConfig(resume=args.checkpoint, log_dir=log_dir), given=("log_dir",))
     if not isinstance(trainer.env, GridEnv):
-        raise ValueError(f"credit reads our gridworld's maps; {trainer.cfg.env} is not one: use --env arena, nav or memory")
+        raise ValueError(f"credit reads our gridworld's maps; {trainer.cfg.env} is not one: use a checkpoint of a run "
+                         "on arena, nav or memory")
     trainer.cfg = trainer.cfg.replace(**{k: v for k, v in (("gamma", args.gamma), ("gae_lambda", args.gae_lambda)) if v})
+    trainer.cfg.check()  # a gamma or lambda out of range is named, with the fix
     env, table = trainer.env, CreditTable(trainer.env, args.min_count)
     seen, env_step = [], env.step
 

@@ -377,3 +377,6 @@ def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
     assert n == chosen.sum().item() > 0 and z_sum == pytest.approx(z[chosen].sum().item(), abs=1e-6)
     other = credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, rollouts=1, min_count=1, gae_lambda=0.5))
     assert "lambda 0.5" in capsys.readouterr().out and not torch.allclose(other.sums[1], table.sums[1])
+    for bad, named in (({"gae_lambda": 1.5}, "gae_lambda=1.5"), ({"rollouts": 0}, "rollouts=0")):
+        with pytest.raises(ValueError, match=named):
+            credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, **bad))
