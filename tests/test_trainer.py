@@ -246,24 +246,23 @@ def test_dead_encoder_units_are_counted_on_the_current_observations():
     assert max(dead, 0.25) <= more <= dead + 0.25
 
 
-def load_evaluate():
-    """scripts/evaluate.py loaded as a module."""
+def load_script(name: str):
+    """scripts/<name>.py loaded as a module (a script that imports another beside it finds it on sys.path)."""
     import importlib.util
-    import os
     import sys
 
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
-    spec = importlib.util.spec_from_file_location("evaluate", path)
-    evaluate = sys.modules["evaluate"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
-    return evaluate
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def trained_checkpoint_and_evaluate(tmp_path):
     """A checkpoint after one update of a small nav run, and scripts/evaluate.py loaded as a module."""
     trainer = Trainer(small_config(log_dir=str(tmp_path)))
     trainer.train(updates=1, quiet=True)
-    return trainer, load_evaluate()
+    return trainer, load_script("evaluate")
 
 
 def test_evaluate_runs_episodes_from_a_checkpoint(tmp_path):
@@ -291,7 +290,7 @@ def test_action_table_counts_each_choice_by_what_the_agent_faces():
                                                                                   "#######")))
     env.reset()
     env.obj[0, 4, INV0 + ITEM["ore_red"]] = 2  # the agent facing the generator holds ore
-    table = load_evaluate().ActionTable(env)
+    table = load_script("evaluate").ActionTable(env)
     table.add(torch.tensor([[A["get_items"], 0], [A["put_items"], 0], [A["move"], 0]]))
     table.add(torch.tensor([[A["get_items"], 0], [A["rotate"], 1], [A["move"], 0]]))
     chosen = {table.label(key): {name: int(n) for (name, _), n in zip(ACTIONS, row) if n}
@@ -311,20 +310,6 @@ def test_evaluate_prints_the_action_table(tmp_path, capsys):
     assert {"altar with heart", "empty"} <= {row[:52].strip() for row in rows} and abs(sum(steps) - 100) < 0.5
 
 
-def load_credit():
-    """scripts/credit.py loaded as a module (it imports scripts/evaluate.py beside it)."""
-    import importlib.util
-    import os
-    import sys
-
-    load_evaluate()
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "credit.py")
-    spec = importlib.util.spec_from_file_location("credit", path)
-    credit = sys.modules["credit"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(credit)
-    return credit
-
-
 def test_credit_groups_gets_and_puts_by_what_the_agent_faces_and_holds():
     from envs import GridEnv, make_config
     from envs.spec import A, INV0, ITEM
@@ -338,7 +323,7 @@ def test_credit_groups_gets_and_puts_by_what_the_agent_faces_and_holds():
     env.obj[0, 4, INV0 + ITEM["ore_red"]] = 12  # facing the generator with ore over the reward's cap and 2 batteries
     env.obj[0, 4, INV0 + ITEM["battery_red"]] = 2
     env.obj[0, 5, INV0 + ITEM["heart"]] = 4  # facing the first agent: no converter, its hearts not told apart
-    credit = load_credit()
+    credit = load_script("credit")
     table = credit.CreditTable(env)
     key, held_in, held_out = table.table.situations()
     actions = torch.tensor([A["put_items"], A["put_items"], A["move"]])
@@ -363,7 +348,7 @@ def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
 
     trainer = Trainer(small_config(env="arena", num_envs=2, env_overrides={}, log_dir=str(tmp_path)))
     trainer.train(updates=1, quiet=True)
-    credit = load_credit()
+    credit = load_script("credit")
     table = credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, rollouts=1, min_count=1))
     assert "lambda 0.916" in capsys.readouterr().out
 
