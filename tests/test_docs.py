@@ -86,6 +86,53 @@ def test_every_link_of_the_docs_is_a_file_of_the_repository(page):
     assert "../shared" not in text, f"{page} names ../shared, which readers of the repository do not have"
 
 
+def headings(path: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens, -1, -2 on
+    repeats."""
+    text, seen = re.sub(r"```.*?```", "", open(path).read(), flags=re.S), {}
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+    return {slug if n == 0 else f"{slug}-{n}" for slug, count in seen.items() for n in range(count + 1)}
+
+
+@pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES])
+def test_every_link_to_a_section_reaches_its_heading(page):
+    text = open(os.path.join(ROOT, page)).read()
+    for target in re.findall(r"\]\(([^)\s]*#[^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, anchor = target.split("#", 1)
+        path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path else os.path.join(ROOT, page)
+        assert anchor in headings(path), f"{page} links {target}: no such heading there"
+
+
+def readme_units(text: str) -> list[str]:
+    """The README's prose as the reader meets it: table rows, and the sentences of every paragraph and list item;
+    code blocks left out."""
+    units = []
+    for block in re.split(r"\n\s*\n", re.sub(r"```.*?```", "", text, flags=re.S)):
+        lines = block.strip().splitlines()
+        if lines and all(line.startswith("|") for line in lines):
+            units += lines
+            continue
+        for item in re.split(r"\n(?=\s*- |#)", block.strip()):  # a list item or a heading is a paragraph of its own
+            units += re.split(r"(?<=[.!?])\s+(?=[A-Z(\[`*])", " ".join(item.split()))
+    return units
+
+
+def test_every_figure_in_the_readme_links_to_the_section_that_measured_it():
+    """The README is a front door: its figures live in docs/ (learning.md, benchmarks.md: date, machine, commit,
+    command), once. So any number in its prose or its status table (any digit outside code and link targets) sits
+    in a sentence or table row that links the docs section where it was measured or is defined."""
+    unlinked = []
+    for unit in readme_units(open(os.path.join(ROOT, "README.md")).read()):
+        words = re.sub(r"`[^`]*`", "", re.sub(r"\]\([^)]*\)", "]", unit))  # code spans and link targets are not prose
+        if re.search(r"\d", words) and not re.search(r"\]\(docs/\w+\.md#[^)]+\)", unit):
+            unlinked.append(unit)
+    assert not unlinked, "figures without a link to docs/<page>.md#<section>:\n" + "\n".join(unlinked)
+
+
 def test_readme_play_sample_is_the_real_output():
     readme = open(os.path.join(ROOT, "README.md")).read()
     sample = re.search(r"```\n\$ (python scripts/play\.py[^\n]*)\n(.*?)```", readme, re.S)
