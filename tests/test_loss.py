@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_trainer import small_config
 
-from experience import sample_segments
+from experience import prio_beta, sample_segments
 from trainer import Trainer
 from trainer.loss import normalize, ppo_loss
 
@@ -207,6 +207,42 @@ def test_prioritized_sampling_weights_reach_the_update(monkeypatch):
         assert any((w - 1).abs().max() > 1e-3 for w in seen)  # at alpha 0.6 the weights are not all 1
         results.append(torch.cat([p.detach().flatten() for p in run.policy.parameters()]))
     assert not torch.equal(results[0], results[1])
+
+
+def test_prio_beta_anneals_from_beta0_towards_1_at_the_rate_alpha():
+    """Guards against swapped arguments or a mis-scaled anneal: beta = beta0 + (1 - beta0) alpha update / updates."""
+    for beta0, alpha, update, updates, beta in ((0.4, 0.6, 5, 10, 0.58), (0.6, 0.5, 10, 10, 0.8),
+                                                (0.2, 1.0, 3, 4, 0.8), (0.6, 0.0, 7, 10, 0.6)):
+        assert prio_beta(beta0, alpha, update, updates) == pytest.approx(beta)
+
+
+def test_the_trainers_importance_weights_are_the_formula_at_its_update():
+    """Guards against prio_beta's arguments swapped at the trainer or beta not annealed by the update: each
+    minibatch's weights are (N P_s)^-beta, P_s = (sum_t |A_s,t|)^alpha over its sum across the N segments, with beta
+    at this update, and not divided by the largest weight (as Schaul et al.'s PER does)."""
+    run = Trainer(small_config(prio_alpha=0.6, prio_beta0=0.4, device="cpu"))
+    run.rollout()
+    run.update = 2  # of 4: beta = 0.4 + 0.6 * 0.6 * 2 / 4 = 0.58
+    ratio = torch.ones_like(run.buffer.data["values"])
+    priority = [s ** 0.6 for s in run.advantages(ratio).abs().sum(1).tolist()]
+    minibatches = list(run.minibatches(ratio))  # ratio untouched: every minibatch is drawn by these advantages
+    assert minibatches
+    for index, weights, _ in minibatches:
+        expected = [(len(priority) * priority[i] / sum(priority)) ** -0.58 for i in index.tolist()]
+        assert weights.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_anneal_lr_decays_the_learning_rate_linearly_to_0_over_the_updates(tmp_path):
+    """Guards against an anneal that never decays (update // updates for update / updates) or never reaches the
+    optimizer: after k of the 4 updates every parameter group's learning rate is learning_rate (1 - k / 4)."""
+    run = Trainer(small_config(anneal_lr=True, learning_rate=1e-3, device="cpu", log_dir=str(tmp_path)))
+    assert run.num_updates == 4
+    history = run.train(updates=2, quiet=True)
+    assert [h["learning_rate"] for h in history] == pytest.approx([1e-3, 0.75e-3])
+    for k in (1, 2, 3):
+        run.update = k
+        assert run.set_learning_rate() == pytest.approx(1e-3 * (1 - k / 4))
+        assert all(group["lr"] == pytest.approx(1e-3 * (1 - k / 4)) for group in run.optimizer.param_groups)
 
 
 def test_learn_raises_entropy_when_the_bonus_dominates():

@@ -48,6 +48,23 @@ def test_advantages_with_the_horizon_column_and_final_values_equal_a_reference_l
     assert (fast[:, -1] != 0).all()  # every last column has a real advantage
 
 
+def test_trainer_advantages_with_the_horizon_bootstrap_line_up_with_their_columns():
+    """Trainer.advantages on a real rollout against the reference loop over the buffer's columns and the horizon
+    step: guards against keeping the wrong T of the T + 1 columns (each step given the next one's advantage, the last
+    step the horizon column's 0)."""
+    run = Trainer(small_config(horizon_bootstrap=True, truncation_bootstrap="final", device="cpu",
+                               env_overrides={"max_steps": 6}))
+    run.rollout()
+    data, horizon = run.buffer.data, run.buffer.horizon
+    assert data["truncateds"][:, 1:].any()  # time limits inside the rows: the final values are read
+    columns = [torch.cat([data[k], horizon[k][:, None]], 1)
+               for k in ("values", "rewards", "dones", "truncateds", "final_values")]
+    expected = reference_advantages(*columns, run.cfg.gamma, run.cfg.gae_lambda)
+    advantages = run.advantages(torch.ones_like(data["values"]))  # ratio 1: the V-trace clips change nothing
+    assert torch.allclose(advantages, expected, atol=1e-5)
+    assert (advantages[:, -1] != 0).all()  # the last column bootstraps from the horizon's value
+
+
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("sampling", ["prioritized", "shuffled"])
 def test_carry_mode_trains_on_exactly_what_acting_did(policy, sampling):
