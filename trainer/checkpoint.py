@@ -1,11 +1,10 @@
-"""Checkpoints: written atomically (a temporary file, then a rename), read back safely (weights_only); the run's
-folder checked before any work."""
+"""Checkpoints: written atomically (a temporary file, then a rename), read back safely (weights_only) and only whole
+(every part against the CRC-32 it was written with); the run's folder checked before any work."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import zipfile
 
 import torch
@@ -44,10 +43,14 @@ def load_checkpoint(path: str) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path!r}: pass a file written by scripts/train.py "
                                 "(log_dir/run_name/checkpoint.pt)")
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # torch.save records each part's CRC-32; torch.load never checks it
+        if damaged is not None:
+            raise zipfile.BadZipFile(f"{damaged} does not match its CRC-32")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # a damaged zip or pickle fails in open-ended ways (IndexError, KeyError, struct.error, ...)
         raise ValueError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); it may be "
-                         "truncated or corrupt: use an earlier checkpoint or retrain") from None
+                         "truncated or corrupt: use an earlier checkpoint or retrain") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a minippo checkpoint (expected format {FORMAT!r})")
     return state
