@@ -22,7 +22,8 @@ LEGEND = ("row = one agent's segment (its rollout), column = time step t, as the
 def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         cfg = TrainConfig(env="nav", num_envs=8, bptt=24, minibatch_size=48, total_steps=8 * 24, seed=1,
-                          env_overrides={"max_steps": 10}, log_dir=logs, torch_threads=1)
+                          env_overrides={"max_steps": 10}, log_dir=logs, torch_threads=1,
+                          device="cpu")  # the page shows a CPU's draws: a GPU's generator draws others
         trainer = Trainer(cfg)
         trainer.rollout()
         data = trainer.buffer.data

@@ -7,6 +7,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # under pytest-xdist (-n auto: a worker per core) each worker takes one thread, or they would spin against each other
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
+# The device of the tests that run wherever the trainer can (on a GPU machine, the GPU); a test bound to numbers
+# recorded on a CPU, or to a CPU-only mechanism, says device="cpu" itself.
+DEVICE = os.environ.get("MINIPPO_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def pytest_collection_modifyitems(items):
     # The learning runs take most of the suite's time. `-n auto --dist worksteal` gives each worker one contiguous

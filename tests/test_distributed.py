@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun, on CPU with gloo and 2 processes (trainer/distributed.py)."""
+"""Data-parallel training under torchrun, on CPU with gloo and 2 processes (trainer/distributed.py): on the CPU
+wherever the suite runs, since two ranks on a one-GPU machine are refused."""
 
 import json
 import os
@@ -37,7 +38,7 @@ def test_two_ranks_on_the_same_data_equal_one_process(tmp_path):
     torch.set_num_threads(1)
     single = Trainer(TrainConfig(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
                                  prio_alpha=0.5, env_overrides={"max_steps": 10}, log_dir=str(tmp_path / "single"),
-                                 checkpoint_interval=1000))
+                                 checkpoint_interval=1000, device="cpu"))
     torch.manual_seed(0)  # where a rank's action sampling starts: its seed, once the policy is built
     single.train(quiet=True)
     for key, value in single.policy.state_dict().items():
@@ -47,7 +48,7 @@ def test_two_ranks_on_the_same_data_equal_one_process(tmp_path):
 # uniform sampling: a run cut at update 2 by a shorter --total-steps, then extended, must equal one run of 4 updates,
 # which holds only where no schedule depends on the total (prioritized sampling's beta does)
 CLI = ["--env", "nav", "--num-envs", "8", "--bptt", "16", "--minibatch-size", "64", "--env-overrides", "max_steps",
-       "10", "--checkpoint-interval", "1000"]
+       "10", "--checkpoint-interval", "1000", "--device", "cpu"]
 
 
 def test_only_rank_0_writes_and_a_resumed_job_equals_an_uninterrupted_one(tmp_path):

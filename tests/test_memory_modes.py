@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import DEVICE
 from tensordict import TensorDict
 from test_policies import acting_td
 from test_trainer import small_config
@@ -136,14 +137,14 @@ def test_final_values_are_the_value_of_the_cut_observation_before_its_reset():
     torch.manual_seed(5)
     run.rollout()
     torch.manual_seed(5)
-    policy, env = run.policy, make_env("nav", num_envs=8, seed=0, max_steps=6)  # the same policy object: same kernels
+    policy, env = run.policy, make_env("nav", num_envs=8, seed=0, max_steps=6, device=DEVICE)  # the same policy object: same kernels
     policy.reset_memory()
     td, finals = env.reset(), []
     with torch.no_grad():
         for _ in range(16):
             td = policy(acting_td(td["env_obs"], td["dones"]).update({"truncateds": td["truncateds"]}))
             td = env.step(td["actions"], final_obs=True)
-            no = torch.zeros(8, dtype=torch.bool)
+            no = torch.zeros(8, dtype=torch.bool, device=DEVICE)
             finals.append(policy.value(TensorDict({"env_obs": td["final_env_obs"], "dones": no, "truncateds": no},
                                                   batch_size=[8])))
     cut = run.buffer.data["truncateds"][:, 1:]

@@ -19,9 +19,9 @@ SPEC = ENV.spec
 
 def acting_td(obs, starts=None, key=0):
     B = obs.shape[0]
-    starts = torch.zeros(B, dtype=torch.bool) if starts is None else starts
-    return TensorDict({"env_obs": obs, "dones": starts, "truncateds": torch.zeros(B, dtype=torch.bool),
-                       "training_env_id_start": torch.full((B,), key)}, batch_size=[B])
+    starts = torch.zeros(B, dtype=torch.bool, device=obs.device) if starts is None else starts
+    return TensorDict({"env_obs": obs, "dones": starts, "truncateds": torch.zeros_like(starts),
+                       "training_env_id_start": torch.full((B,), key, device=obs.device)}, batch_size=[B])
 
 
 def rollout(policy, env, steps):
