@@ -37,6 +37,7 @@ class LSTMMemory(nn.Module):
                 if name.startswith("bias_ih"):
                     nn.init.constant_(p[hidden_size:2 * hidden_size], 1.0)
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.static_unroll = False  # see unroll
 
     # --- the memory API the trainer uses -----------------------------------------------------------
     def reset_memory(self) -> None:
@@ -70,16 +71,18 @@ class LSTMMemory(nn.Module):
 
     # --- training: a [B, T] unroll ------------------------------------------------------------------
     def unroll(self, x: torch.Tensor, starts: torch.Tensor, key: int) -> torch.Tensor:
-        """`x [B, T, input]`, `starts [B, T]` -> `[B, T, hidden]`, one LSTM call per stretch between the
-        time steps where some row starts an episode (a single call when none does)."""
+        """`x [B, T, input]`, `starts [B, T]` -> `[B, T, hidden]`, one LSTM call per stretch between the time steps
+        where some row starts an episode (a single call when none does). Finding them reads `starts` back to the
+        host; with `static_unroll` every step is a stretch, the same calls whatever the episodes do, so that a CUDA
+        graph can record the update (trainer/cuda_graph.py). On a CPU the fewer, longer calls are faster."""
         B, T = starts.shape
         h, c = self.load(key, B, x)
         x = x.transpose(0, 1)  # the LSTM wants time first
-        cuts = [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
+        cuts = range(T + 1) if self.static_unroll else [0, *(starts[:, 1:].any(0).nonzero().squeeze(1) + 1).tolist(), T]
+        keep = (~starts).to(x.dtype).T[:, None, :, None]  # [T, 1, B, 1]: 0 where a row's episode starts
         pieces = []
         for a, b in zip(cuts[:-1], cuts[1:]):
-            keep = (~starts[:, a]).to(x.dtype)[None, :, None]  # zero the rows whose episode starts at a
-            piece, (h, c) = self.lstm(x[a:b], (h * keep, c * keep))
+            piece, (h, c) = self.lstm(x[a:b], (h * keep[a], c * keep[a]))
             pieces.append(piece)
         self._store(key, h, c)
         return torch.cat(pieces).transpose(0, 1)

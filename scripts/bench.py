@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import make_env  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from trainer.config import PRESETS  # noqa: E402
-from trainer.host_reads import HostReads  # noqa: E402
+from trainer.host_reads import HostOps, HostReads  # noqa: E402
 
 WHAT = ("env", "act", "update", "e2e")
 
@@ -178,18 +178,38 @@ def check_reads(trainer: Trainer) -> dict[str, int]:
     return dict(Counter(reads.sites))
 
 
-def profile_update(trainer: Trainer) -> None:
-    from torch.profiler import ProfilerActivity, profile, record_function
+def profile_update(trainer: Trainer) -> dict[str, float]:
+    """Where one rollout's and one learn's time goes: the profiler's table; on a GPU each half's busy fraction (its
+    kernels' time under the profiler over its wall time in a plain timed run, which the profiler would slow); and the
+    aten ops the host dispatches per acting step and per minibatch (a graph's replay dispatches none)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        with record_function("rollout"):
-            trainer.rollout()
-        with record_function("learn"):
-            trainer.learn()
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    minibatches = trainer.buffer.segments // trainer.minibatch_segments * trainer.cfg.update_epochs
+    found = {}
+    for name, fn, per in (("rollout", trainer.rollout, trainer.cfg.bptt), ("learn", trainer.learn, minibatches)):
         sync(trainer.device)
-    sort = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+        start = time.perf_counter()
+        fn()
+        sync(trainer.device)
+        wall = time.perf_counter() - start
+        with profile(activities=activities) as prof:
+            fn()
+            sync(trainer.device)
+        if cuda:
+            kernels = sum(e.device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
+            found[f"{name}_gpu_busy"] = kernels / wall
+        with HostOps() as ops:
+            fn()
+        found[f"{name}_host_ops_per_{'acting_step' if name == 'rollout' else 'minibatch'}"] = ops.count / per
+        found[f"{name}_wall_s"] = wall
+        print(f"--- {name}: {wall:.3f} s" + (f", GPU busy {found[f'{name}_gpu_busy']:.0%}" if cuda else "")
+              + f", {ops.count / per:,.0f} host ops per {'acting step' if name == 'rollout' else 'minibatch'}")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                        row_limit=15))
+    return found
 
 
 def main(args: Args) -> None:
@@ -201,6 +221,8 @@ def main(args: Args) -> None:
     device = PRESETS["cpu"].replace(device=args.device).resolved_device
     preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]
     changes = {k: getattr(args, k) for k in ("minibatch_size", "update_epochs") if getattr(args, k)}
+    if args.minibatch_size:  # a size asked for replaces the preset's count of minibatches
+        changes["minibatches"] = 0
     if args.token_conv is not None:
         changes["token_conv"] = args.token_conv
     base = preset.replace(env=args.env, device=str(device), bf16=args.bf16, compile=args.compile,
@@ -208,7 +230,7 @@ def main(args: Args) -> None:
     sizes = args.num_envs or [base.num_envs]
     print(f"{datetime.date.today()} | {device_name(device)} | torch {torch.__version__} | "
           f"{torch.get_num_threads()} threads | env {args.env} | preset {args.preset or device.type}: bptt {base.bptt}, "
-          f"minibatch {base.minibatch_size}, {base.update_epochs} epoch(s) | bf16 {args.bf16} | compile {args.compile} | "
+          f"minibatch {f'batch / {base.minibatches}' if base.minibatches else base.minibatch_size}, {base.update_epochs} epoch(s) | bf16 {args.bf16} | compile {args.compile} | "
           f"cuda graphs {args.cuda_graphs} | token conv {base.token_conv}")
     print(f"{'policy':<18} {'maps':>6} {'agents':>7}" + "".join(f" {w + ' SPS':>12}" for w in args.what))
     results = []
@@ -222,6 +244,7 @@ def main(args: Args) -> None:
                 if trainer:
                     trainer.rollout()  # a full buffer for act and update; compiles when --compile
                     row["agents"] = trainer.env.num_agents
+                    row["minibatch"] = trainer.minibatch_segments * trainer.cfg.bptt
                 if "act" in args.what:
                     row["act"] = act_rate(trainer, args.repeats)
                 if "update" in args.what:
@@ -241,12 +264,12 @@ def main(args: Args) -> None:
                     for site, count in sorted(reads.items()):
                         print(f"    {count:>5}  {site}")
                 if args.profile:
-                    profile_update(trainer)
+                    row.update(profile_update(trainer))
                 results.append(row)
     if args.json:
         meta = {"date": str(datetime.date.today()), "device": device_name(device), "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "env": args.env, "config": {
-                    k: getattr(base, k) for k in ("bptt", "minibatch_size", "update_epochs", "bf16", "compile", "token_conv")}}
+                    k: getattr(base, k) for k in ("bptt", "minibatch_size", "minibatches", "update_epochs", "bf16", "compile", "token_conv")}}
         with open(args.json, "w") as f:
             json.dump({**meta, "results": results}, f, indent=1)
 

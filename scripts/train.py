@@ -38,7 +38,7 @@ def main() -> None:
     if ranks.main:
         per_rank = f" ({ranks.world} ranks x {trainer.env.num_agents} agents)" if ranks.world > 1 else ""
         print(f"{c.policy} on {c.env}: {ranks.world * trainer.env.num_agents} agents{per_rank}, batch "
-              f"{trainer.batch_size:,}, minibatch {c.minibatch_size:,} per rank, {trainer.num_updates} updates, device "
+              f"{trainer.batch_size:,}, minibatch {trainer.minibatch_segments * c.bptt:,} per rank, {trainer.num_updates} updates, device "
               f"{trainer.device}, logs {trainer.run_dir}" + (f", resumed at update {trainer.update}" if c.resume else "")
               + (f", policy weights from {c.init_from}" if c.init_from and not c.resume else ""))
     try:

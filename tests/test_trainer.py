@@ -6,19 +6,22 @@ import re
 
 import pytest
 import torch
+from conftest import DEVICE
 from tensordict import TensorDict
 
 from envs import make_env
 from envs.spec import ACTIONS
 from experience import SegmentedBuffer, prio_beta, sample_segments, shuffled_minibatches
 from trainer import TrainConfig, Trainer
+from trainer.config import PRESETS
 from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint
 
 
 def small_config(**changes) -> TrainConfig:
     base = TrainConfig(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
-                       env_overrides={"max_steps": 10}, log_dir="/tmp/minippo-tests", checkpoint_interval=1000)
+                       env_overrides={"max_steps": 10}, log_dir="/tmp/minippo-tests", checkpoint_interval=1000,
+                       device=DEVICE)
     return base.replace(**changes)
 
 
@@ -207,6 +210,8 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"minibatch_size": 60}, "not a multiple of bptt=16"),
     ({"minibatch_size": 48}, "must divide it"),
+    ({"minibatches": 3}, "minibatches=3 must divide the batch's 8 segments"),
+    ({"minibatches": -1}, r"minibatches=-1: use 0"),
     ({"total_steps": 10}, "less than one batch"),
     ({"sampling": "random"}, "choose one of"),
     ({"device": "tpu"}, "cannot be used here"),
@@ -218,6 +223,17 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):
         Trainer(small_config(**changes))
+
+
+def test_the_gpu_presets_minibatches_follow_the_batch():
+    """Its optimizer steps per update are the same at any map count: 256 nav maps (one agent each) are not one
+    minibatch of 16,384 steps but 16 of 1,024, as the cpu preset has them; 1024 arena maps (6 agents) 16 of 24,576."""
+    gpu, cpu = PRESETS["gpu"], PRESETS["cpu"]
+    assert gpu.segments_per_minibatch(256) * gpu.bptt == cpu.segments_per_minibatch(256) * cpu.bptt == 1024
+    assert gpu.segments_per_minibatch(6144) * gpu.bptt == 24576
+    trainer = Trainer(small_config(minibatches=4, minibatch_size=1))  # the count decides; the size is not read
+    assert trainer.minibatch_segments == 2
+    assert len(list(trainer.minibatches(torch.ones(8, 16, device=DEVICE)))) == 4
 
 
 def test_inventory_norm_and_one_hot_ids_reach_the_policy():
@@ -357,7 +373,7 @@ def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
     data = resumed.buffer.data
     advantages = resumed.advantages(torch.ones_like(data["values"]))
     z = ((advantages - advantages.mean()) / (advantages.std() + 1e-8))[:, :-1]
-    chosen = torch.isin(data["actions"][:, :-1, 0], torch.tensor([A["get_items"], A["put_items"]]))
+    chosen = torch.isin(data["actions"][:, :-1, 0], torch.tensor([A["get_items"], A["put_items"]], device=DEVICE))
     n, z_sum = table.sums[0].sum().item(), table.sums[1].sum().item()
     assert n == chosen.sum().item() > 0 and z_sum == pytest.approx(z[chosen].sum().item(), abs=1e-6)
     other = credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, rollouts=1, min_count=1, gae_lambda=0.5))

@@ -31,6 +31,7 @@ RULES = (
     ("total_steps", lambda v: v >= 1, "use a positive number of agent steps"),
     ("bptt", lambda v: v >= 2, "use at least 2 steps per segment"),
     ("minibatch_size", lambda v: v >= 1, "use a positive number of agent steps (bptt x segments)"),
+    ("minibatches", AT_LEAST_0, "use 0 (minibatch_size decides) or a number of minibatches"),
     ("update_epochs", lambda v: v >= 1, "use at least 1 pass over each rollout"),
     ("learning_rate", POSITIVE, "use a positive learning rate"),
     ("adam_eps", POSITIVE, "use a positive epsilon"),
@@ -80,6 +81,9 @@ class TrainConfig:
     """Steps per segment: the rollout length and the training unroll."""
     minibatch_size: int = 4096
     """Agent steps per minibatch; a multiple of bptt that divides the batch (agents x bptt)."""
+    minibatches: int = 0
+    """Minibatches per epoch, each the batch / minibatches (whole segments), so that the optimizer steps per update
+    stay the same whatever num_envs is; 0: minibatch_size sets the size instead."""
     memory: str = "reset"
     """Recurrent state across rollouts: reset (Metta's: every rollout, and every training segment, starts from zero
     state) or carry (each agent's state continues from one rollout into the next, still zeroed at episode starts;
@@ -148,8 +152,8 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the policy's encoder and heads (the first update then takes tens of seconds longer)."""
     cuda_graphs: bool = False
-    """CUDA only: record the acting step as a CUDA graph once and replay it at every step (trainer/cuda_graph.py),
-    one launch instead of one per kernel; the same computation."""
+    """CUDA only: record the acting step and the update's gradient step as CUDA graphs once and replay them
+    (trainer/cuda_graph.py), one launch instead of one per kernel; the same computation. One process only."""
     token_conv: bool = False
     """Fast only: compute its first convolution from the real tokens instead of over the dense [features, 11, 11]
     box (policies/tokens.py TokenConv): the same weights and values within float rounding; on a 2-core Xeon acting
@@ -237,6 +241,10 @@ class TrainConfig:
             raise ValueError("token_conv=True with the fault obs_zero_255_inplace: the fault's zeroed padding tokens "
                              "overwrite a real token in the box, the token convolution adds their zeros instead, so "
                              "the fault would not do what it did: add --no-token-conv")
+        if self.cuda_graphs and self.nonfinite == "skip":
+            raise ValueError("cuda_graphs=True with nonfinite='skip': a skip is decided on the host after each "
+                             "minibatch's backward, inside what the graph records: use --nonfinite stop (the default), "
+                             "or leave --cuda-graphs out")
         if self.cuda_graphs and faults:
             raise ValueError(f"cuda_graphs=True with the faults {sorted(faults)}: the graph replays the correct acting "
                              "step, and a fault that changes it in Python (or writes into the observation) would not "
@@ -250,6 +258,12 @@ class TrainConfig:
 
         self.check()
         batch = num_agents * self.bptt
+        if self.minibatches:
+            need(self.minibatches <= num_agents and num_agents % self.minibatches == 0,
+                 f"minibatches={self.minibatches} must divide the batch's {num_agents} segments ({num_agents} agents): "
+                 f"choose num_envs so that it does, or a minibatches that divides {num_agents}")
+            need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
+            return
         need(self.minibatch_size % self.bptt == 0,
              f"minibatch_size={self.minibatch_size} is not a multiple of bptt={self.bptt}: minibatches hold whole segments")
         segments = self.minibatch_size // self.bptt
@@ -258,6 +272,10 @@ class TrainConfig:
              f"minibatches of {segments} segments ({self.minibatch_size} steps) must divide it: choose a "
              f"minibatch_size of bptt x a divisor of {num_agents}")
         need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
+
+    def segments_per_minibatch(self, num_agents: int) -> int:
+        """Whole segments in each minibatch: the batch's over minibatches, or minibatch_size's."""
+        return num_agents // self.minibatches if self.minibatches else self.minibatch_size // self.bptt
 
     @classmethod
     def from_dict(cls, saved: dict) -> TrainConfig:
@@ -302,9 +320,10 @@ TUNED = dict(update_epochs=1, learning_rate=1e-3, ent_coef=1.61e-3, vf_coef=0.42
 CPU_SIZE = dict(num_envs=64, minibatch_size=1024)
 PRESETS = {
     "cpu": TrainConfig(**CPU_SIZE, **TUNED, token_conv=True),
-    # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps per batch; Metta's is 524,288), 24
-    # minibatches as on the CPU (Adam's step does not grow with the minibatch); not yet measured learning on a GPU.
-    "gpu": TrainConfig(num_envs=1024, minibatch_size=16384, total_steps=500_000_000, **TUNED),
+    # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps; Metta's is 524,288), and as many
+    # minibatches per update as the cpu preset takes on nav, at any num_envs: Adam's step does not grow with the
+    # minibatch, so a fixed minibatch size would cut a smaller batch's optimizer steps (256 nav maps: to one).
+    "gpu": TrainConfig(num_envs=1024, minibatches=16, total_steps=500_000_000, **TUNED),
     # Metta's hyperparameters and semantics (TrainConfig's defaults) at the cpu preset's size, with the learning rate
     # scaled to it (Metta's 4.57e-4 with 4 minibatches per 16k batch left the KL at ~1e-5: nothing learned in 400k
     # steps): what the cpu preset was before tuning, and what the collapse study runs.

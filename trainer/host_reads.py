@@ -11,6 +11,7 @@ import traceback
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Tensor -> Python conversions, and ops whose output size depends on the values (the host must see them)
 READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__",
@@ -41,3 +42,16 @@ def _outside_torch(filename: str) -> bool:
 def _has_bool_tensor(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+class HostOps(TorchDispatchMode):
+    """`with HostOps() as ops: ...` then `ops.count`: the aten ops the host dispatched, each a kernel launch (or
+    more) on a GPU. What the host does per acting step and per minibatch, measured on any device."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))

@@ -30,7 +30,7 @@ from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint, load_policy_weights, prepare_run_dir, save_checkpoint
 from trainer.collapse.faults import apply_faults  # the collapse study's; none unless cfg.faults names some
 from trainer.config import TrainConfig
-from trainer.cuda_graph import GraphedActing
+from trainer.cuda_graph import GraphedActing, GraphedRollout, GraphedUpdate
 from trainer.host_memory import keep_freed_memory
 from trainer.loss import ppo_loss
 
@@ -58,6 +58,9 @@ class Trainer:
         self.cfg = cfg
         self.device = self.ranks.device(cfg.resolved_device)
         cfg.check_device(self.device)
+        if cfg.cuda_graphs and self.ranks.world > 1:
+            raise ValueError("cuda_graphs=True under torchrun: the recorded update has no all-reduce of the gradients; "
+                             "leave --cuda-graphs out of a multi-process run")
         seed = distributed.rank_seed(cfg.seed, self.ranks.rank)
         torch.manual_seed(cfg.seed)  # the policy's initial weights (the same on every rank) and its action sampling
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, seed=seed, device=str(self.device), **cfg.env_overrides)
@@ -71,22 +74,32 @@ class Trainer:
             torch.manual_seed(seed)  # each rank samples its own actions
         if cfg.compile:
             self.policy.compile_parts()
-        # what acts in the rollout: the policy, or its acting step replayed as a CUDA graph (trainer/cuda_graph.py)
-        self.act = GraphedActing(self.policy, warmup=3 if cfg.compile else 2) if cfg.cuda_graphs else self.policy
+        # with --cuda-graphs a torch env's whole rollout is one CUDA graph; another env's acting step alone is
+        # (trainer/cuda_graph.py)
+        graph_rollout = cfg.cuda_graphs and hasattr(self.env, "STATE")
+        self.act = GraphedActing(self.policy, warmup=3 if cfg.compile else 2) \
+            if cfg.cuda_graphs and not graph_rollout else self.policy
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
         memory = self.policy.memory
         self.buffer = SegmentedBuffer(self.env.spec, self.env.num_agents, cfg.bptt, self.device,
                                       (memory.num_layers, memory.hidden_size))
+        self.returns = torch.zeros_like(self.buffer.data["values"])  # the update's value targets
+        self.vtrace_ratio = torch.ones_like(self.returns)  # π/μ per step, as the last minibatch that held it left it
+        # one gradient step on a minibatch: the method, or the same step replayed as a CUDA graph (trainer/cuda_graph.py)
+        self.train_step = GraphedUpdate(self.minibatch_step, self.policy, self.optimizer) if cfg.cuda_graphs \
+            else self.minibatch_step
         self.carried: dict = {}  # carry mode: the memory the last rollout ended with, where the next one starts
         self.sampler = torch.Generator(self.device).manual_seed(seed)
         self.batch_size = self.buffer.batch_size * self.ranks.world  # agent steps per update, every rank's
-        self.minibatch_segments = cfg.minibatch_size // cfg.bptt
+        self.minibatch_segments = cfg.segments_per_minibatch(self.env.num_agents)
         self.num_updates = cfg.total_steps // self.batch_size
         self.update = 0
         self.global_step = 0
         self.interrupted = 0  # the signal (SIGINT, SIGTERM) the last train() stopped at, or 0
         self.saved_update: int | None = None  # the update of the checkpoint at checkpoint_path, once written
         self.next_obs = self.env.reset()
+        if graph_rollout:
+            self.rollout = GraphedRollout(self, self.rollout)
         if cfg.resume:
             self.load_state_dict(saved)
 
@@ -135,43 +148,23 @@ class Trainer:
         """One PPO update on the rollout in the buffer; returns the update's mean statistics."""
         cfg, data = self.cfg, self.buffer.data
         lr = self.set_learning_rate()
-        vtrace_ratio = torch.ones_like(data["values"])  # π/μ per step, as the last minibatch that held it left it
-        returns = self.advantages(vtrace_ratio) + data["values"]
+        self.vtrace_ratio.fill_(1)
+        self.returns.copy_(self.advantages(self.vtrace_ratio) + data["values"])
         stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         finite: list[torch.Tensor] = []  # per minibatch: are its losses and gradient norm finite numbers
         for _ in range(cfg.update_epochs):
-            for index, weights, advantages in self.minibatches(vtrace_ratio):
-                self.policy.reset_memory()
-                if cfg.memory == "carry":  # each segment starts from the state acting started it from
-                    self.policy.set_memory({0: self.buffer.state_of(index)})
-                minibatch = data[index]
-                with self.autocast():
-                    new = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
-                out = ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
-                               new["values"], minibatch["values"], returns[index], new["entropy"],
-                               clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
-                               ent_coef=cfg.ent_coef, norm_adv=cfg.norm_adv)
-
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                self.ranks.average_gradients(self.policy.parameters())  # nothing to do with one rank
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                checks = torch.stack([out.pg_loss, out.v_loss, out.entropy, grad_norm]).isfinite()
-                if cfg.nonfinite == "stop":
-                    finite.append(checks)  # read with the statistics when the update ends
-                elif not self.ranks.all(checks.all()):  # skip: one read per minibatch, the same on every rank
+            for index, weights, advantages in self.minibatches(self.vtrace_ratio):
+                step = self.train_step(index, weights, advantages)
+                if step is None:  # skipped: not a finite number
                     stats["skipped_minibatches"].append(torch.ones((), device=self.device))
                     continue
-                self.optimizer.step()
-                self.policy.clip_weights()
-
-                vtrace_ratio[index] = out.ratio.detach()
+                finite.append(step.pop("finite"))  # read with the statistics when the update ends
+                ratio = step.pop("ratio")
                 if not stats:  # before any step: 0 exactly when training recomputes what acting did
-                    stats["ratio_deviation_first_minibatch"].append((out.ratio.detach() - 1).abs().max())
-                for k, v in (("policy_loss", out.pg_loss), ("value_loss", out.v_loss), ("entropy", out.entropy),
-                             ("approx_kl", out.approx_kl), ("grad_norm", grad_norm), ("clipfrac", out.clipfrac)):
-                    stats[k].append(v.detach())  # statistics stay on the device until the update ends
-        stats["explained_variance"].append(explained_variance(data["values"], returns))
+                    stats["ratio_deviation_first_minibatch"].append((ratio - 1).abs().max())
+                for k, v in step.items():
+                    stats[k].append(v)  # statistics stay on the device until the update ends
+        stats["explained_variance"].append(explained_variance(data["values"], self.returns))
         stats["skipped_minibatches"].append(torch.zeros((), device=self.device))  # summed, not averaged, below
         weights = torch.stack([p.isfinite().all() for p in self.policy.parameters()])
         means = [torch.stack(v).float().mean() if k != "skipped_minibatches" else torch.stack(v).sum()
@@ -181,6 +174,38 @@ class Trainer:
         self.check_finite(read[len(means):], len(finite))
         self.update += 1
         return {**dict(zip(stats, read[:len(means)])), "learning_rate": lr}
+
+    def minibatch_step(self, index: torch.Tensor, weights: torch.Tensor,
+                       advantages: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One gradient step on segments `index`: recompute them from their first state, the PPO loss, backward, the
+        clipped gradient, the optimizer's step and clip_weights; the step's statistics (on the device), or None
+        when `--nonfinite skip` skipped it."""
+        cfg, minibatch = self.cfg, self.buffer.data[index]
+        self.policy.reset_memory()
+        if cfg.memory == "carry":  # each segment starts from the state acting started it from
+            self.policy.set_memory({0: self.buffer.state_of(index)})
+        with self.autocast():
+            new = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
+        out = ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
+                       new["values"], minibatch["values"], self.returns[index], new["entropy"],
+                       clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
+                       ent_coef=cfg.ent_coef, norm_adv=cfg.norm_adv)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.ranks.average_gradients(self.policy.parameters())  # nothing to do with one rank
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        finite = torch.stack([out.pg_loss, out.v_loss, out.entropy, grad_norm]).isfinite()
+        if cfg.nonfinite == "skip" and not self.ranks.all(finite.all()):  # one read, the same on every rank
+            return None
+        self.optimizer.step()
+        self.policy.clip_weights()
+
+        ratio = out.ratio.detach()
+        self.vtrace_ratio[index] = ratio
+        return {"finite": finite, "ratio": ratio, "policy_loss": out.pg_loss.detach(), "value_loss": out.v_loss.detach(),
+                "entropy": out.entropy.detach(), "approx_kl": out.approx_kl, "grad_norm": grad_norm.detach(),
+                "clipfrac": out.clipfrac}
 
     def check_finite(self, flags: list[float], minibatches: int) -> None:
         """Stop at the first quantity that is not a finite number (NonFiniteError), before anything is saved."""
@@ -202,7 +227,10 @@ class Trainer:
         """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr."""
         lr = self.cfg.learning_rate * (1 - self.update / self.num_updates if self.cfg.anneal_lr else 1)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # a recorded update reads it from the device
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         return lr
 
     def advantages(self, vtrace_ratio: torch.Tensor) -> torch.Tensor:
