@@ -18,7 +18,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode:  # a rank's own traceback comes before torchrun's summary of the failure: show it first
+        done.stderr = done.stderr[done.stderr.find("Traceback"):][:3000] + "\n...\n" + done.stderr[-1000:]
+    return done
 
 
 def test_weights_stay_bitwise_equal_on_every_rank(tmp_path):
