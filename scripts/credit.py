@@ -26,7 +26,7 @@ from envs.grid import GridEnv  # noqa: E402
 from envs.spec import A  # noqa: E402
 from evaluate import ActionTable  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.ppo import Trainer  # noqa: E402
+from trainer.loop import Trainer  # noqa: E402
 
 ACTS = ("get_items", "put_items")
 HELD = ("", "1", "2", "3+")  # how many of an item an agent holds, by bucket (0: none, or no such item)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
-from trainer.ppo import NonFiniteError, Trainer  # noqa: E402
+from trainer.loop import NonFiniteError, Trainer  # noqa: E402
 
 
 def main() -> None:

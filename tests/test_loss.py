@@ -1,5 +1,5 @@
 """The PPO loss (trainer/loss.py) against values and gradients computed by hand, and the update step around it
-(trainer/ppo.py Trainer.learn). Each test names the mistake it guards against."""
+(trainer/ppo.py PPO.learn). Each test names the mistake it guards against."""
 
 import math
 

@@ -20,7 +20,7 @@ from test_trainer import load_script, small_config
 import trainer.ppo as ppo_module
 from trainer import Trainer
 from trainer.checkpoint import load_checkpoint
-from trainer.ppo import NonFiniteError
+from trainer.loop import NonFiniteError
 
 
 def poison_update(monkeypatch, run, update):

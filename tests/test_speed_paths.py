@@ -80,7 +80,7 @@ def test_learn_reads_back_once_per_minibatch_and_once_at_the_end(tmp_path):
     where = Counter(re.sub(r":\d+", "", s.split("/")[-1]) for s in reads.sites)  # "file op"
     # per minibatch: where episodes start inside the segments, to cut the unroll into the fewest LSTM calls
     assert where.pop("memory.py nonzero") == where.pop("memory.py tolist") == minibatches
-    assert where == {"ppo.py tolist": 1}  # the metrics, once per update
+    assert where == {"loop.py tolist": 1}  # the metrics, once per update
 
 
 def test_host_ops_per_acting_step_and_per_minibatch_stay_within_budget(tmp_path):

@@ -156,8 +156,8 @@ class TrainConfig:
     (trainer/cuda_graph.py), one launch instead of one per kernel; the same computation. One process only."""
     token_conv: bool = False
     """Fast only: compute its first convolution from the real tokens instead of over the dense [features, 11, 11]
-    box (policies/tokens.py TokenConv): the same weights and values within float rounding; on a 2-core Xeon acting
-    ran 21% faster and the update the same (docs/benchmarks.md, "The token convolution")."""
+    box (policies/tokens.py TokenConv): the same weights and values within float rounding, less work on a CPU
+    (docs/benchmarks.md, "The token convolution")."""
     nonfinite: str = "stop"
     """A loss, gradient norm or weight that is not a finite number: stop (end the run with an error naming the
     update, the quantity and the last good checkpoint, which is never overwritten) or skip (skip that minibatch's
@@ -190,7 +190,7 @@ class TrainConfig:
                              "--cuda-graphs out, or pass --device cuda on a machine with a GPU")
         if self.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
             raise ValueError("bf16=True: this CPU has no native bfloat16 (neither AVX512-BF16 nor AMX), so bf16 "
-                             "would be emulated, several times slower than fp32 (7x on a 2-core EPYC with AVX2): "
+                             "would be emulated, several times slower than fp32: "
                              "leave --bf16 out")
 
     @property
@@ -300,19 +300,12 @@ class TrainConfig:
                                                                             if k in RESUMABLE})
 
 
-# The cpu and gpu presets carry memory across rollouts and value the horizon (docs/learning.md, issue 15: on memory
-# at bptt 16 the seeds that learned reached 1.00 with carry and stayed under reset's cap, and with carry the 2 of 6
-# seeds that learned with the horizon bootstrap held 1.00 while without it none ended above chance), and take the
-# loss settings scripts/tune.py found on nav (docs/training.md, "How the presets were tuned"): the best per
-# core-minute of 24 trials, 88% of the best trial's score at 30% of its CPU time, but with Metta's per-minibatch
-# advantage normalisation: without it the arena's small rewards left the entropy bonus in charge (entropy 2.8 of
-# 2.94 after 5M steps, 14% of the scripted score against 18%); with it nav ended a little lower at 2M steps (52%
-# against 58%) and the arena at 18%. They also divide the inventory by 1, not the env's 100, so that one held
-# item reads 1 rather than 0.01: nav 70% of the scripted score at 2M steps instead of 52%, the arena the same
-# (docs/learning.md, "What the policy could not see"). And their learning rate is 1e-3, not the search's 2.66e-3:
-# Adam's steps at 2.66e-3 silenced most of Fast's encoder within an update or two, and on memory all of it (the
-# policy then acts blind, at chance in 6 of 6 seeds; 3 of 6 learned the cue at 1e-3), nav and the arena the same
-# (docs/learning.md, "The encoder that died").
+# The cpu and gpu presets' settings, each kept by a measurement (docs/training.md, "Defaults and presets", links
+# each to the docs/learning.md section that measured it): memory carried across rollouts with a value at the
+# horizon (the memory task's seeds learned only with both); the loss settings scripts/tune.py found on nav, with
+# Metta's per-minibatch advantage normalisation kept (without it the arena's small rewards left the entropy bonus in
+# charge); the inventory divided by 1, so that one held item reads 1, not 0.01; and the learning rate 1e-3, not the
+# search's 2.66e-3, at which Adam's first steps silenced Fast's encoder.
 TUNED = dict(update_epochs=1, learning_rate=1e-3, ent_coef=1.61e-3, vf_coef=0.425, vf_clip_coef=9.71,
              clip_coef=0.163, gamma=0.961, gae_lambda=0.804, lstm_init="forget", memory="carry", horizon_bootstrap=True,
              inventory_norm=1.0)
