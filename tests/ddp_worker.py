@@ -13,12 +13,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trainer import Trainer, TrainConfig, distributed  # noqa: E402
+from trainer.config import METTA  # noqa: E402
 
 out, same_seeds = sys.argv[1], "--same-seeds" in sys.argv
 if same_seeds:  # every rank gets rank 0's envs and random streams: the job must equal one process
     distributed.rank_seed = lambda seed, rank: seed
 torch.set_num_threads(1)
-cfg = TrainConfig(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=2 * 8 * 16 * 4, prio_alpha=0.5,
+cfg = TrainConfig(**METTA).replace(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=2 * 8 * 16 * 4, prio_alpha=0.5,
                   env_overrides={"max_steps": 10}, log_dir=os.path.join(out, "logs"), checkpoint_interval=1000,
                   device="cpu")  # gloo on the CPU: a one-GPU machine cannot hold two ranks
 run = Trainer(cfg)

@@ -153,7 +153,7 @@ def test_every_configuration_runs_with_mettas_hyperparameters_and_semantics_what
 
     import tyro
 
-    from trainer.config import PRESETS, TrainConfig
+    from trainer.config import METTA, PRESETS, TrainConfig
 
     s = study()
     preset = s.Args().study.preset
@@ -161,8 +161,8 @@ def test_every_configuration_runs_with_mettas_hyperparameters_and_semantics_what
                         ("forget=--lstm-init forget", {"lstm_init": "forget"})):
         cfg = tyro.cli(TrainConfig, default=PRESETS[preset], args=s.config_args(config))
         assert (cfg.memory, cfg.horizon_bootstrap, cfg.truncation_bootstrap) == ("reset", False, "previous")
-        # every setting is TrainConfig's default (Metta's) but the sizes and what the configuration itself sets
-        expected = TrainConfig().replace(num_envs=64, minibatch_size=1024, learning_rate=3e-3, **own)
+        # every setting is Metta's but the sizes and what the configuration itself sets
+        expected = TrainConfig(**METTA).replace(num_envs=64, minibatch_size=1024, learning_rate=3e-3, **own)
         for f in dataclasses.fields(TrainConfig):
             assert getattr(cfg, f.name) == getattr(expected, f.name), f.name
 

@@ -11,6 +11,7 @@ import torch
 
 from trainer import Trainer, TrainConfig
 from trainer.checkpoint import load_checkpoint
+from trainer.config import METTA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -39,7 +40,7 @@ def test_two_ranks_on_the_same_data_equal_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     job = torch.load(tmp_path / "weights.pt")
     torch.set_num_threads(1)
-    single = Trainer(TrainConfig(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
+    single = Trainer(TrainConfig(**METTA).replace(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
                                  prio_alpha=0.5, env_overrides={"max_steps": 10}, log_dir=str(tmp_path / "single"),
                                  checkpoint_interval=1000, device="cpu"))
     torch.manual_seed(0)  # where a rank's action sampling starts: its seed, once the policy is built

@@ -25,6 +25,7 @@ import torch
 
 from trainer import Trainer, TrainConfig
 from trainer.collapse.faults import FAULTS, PRESETS
+from trainer.config import METTA  # what the record was written with
 
 RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fault_record.json")
 CASES = ["", *FAULTS, *PRESETS, "no_detach,no_memory_reset"]
@@ -57,7 +58,7 @@ def set_weights(trainer: Trainer) -> None:
 
 def run_case(faults: str, same_weights: bool) -> dict:
     """2 updates with these faults: each update's metrics (timing left out) and the weights' sum, or the error."""
-    trainer = Trainer(TrainConfig(**CONFIG, faults=faults, run_name=f"record_{faults or 'fixed'}"))
+    trainer = Trainer(TrainConfig(**{**METTA, **CONFIG}, faults=faults, run_name=f"record_{faults or 'fixed'}"))
     if same_weights:
         set_weights(trainer)
     try:

@@ -19,7 +19,7 @@ from envs.spec import EMPTY_TOKEN
 from policies import make_policy
 from policies.tokens import TokenConv, TokensToBox
 from trainer import TrainConfig, Trainer
-from trainer.config import PRESETS, cpu_has_native_bf16
+from trainer.config import METTA, PRESETS, cpu_has_native_bf16
 from trainer.cuda_graph import GraphedActing, GraphedRollout, GraphedUpdate
 from trainer.host_reads import HostOps, HostReads
 
@@ -29,8 +29,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def small_trainer(tmp_path, **overrides) -> Trainer:
-    cfg = TrainConfig(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cpu", seed=3,
-                      log_dir=str(tmp_path), **overrides)
+    cfg = TrainConfig(**METTA).replace(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cpu", seed=3,
+                                       log_dir=str(tmp_path), **overrides)
     return Trainer(cfg)
 
 
@@ -332,7 +332,7 @@ def test_graphed_acting_equals_the_policys_acting_step(policy, device):
 def test_training_with_a_graphed_rollout_recomputes_its_log_probs(tmp_path, bf16):
     """Replays act with the weights of the update they are in (under bf16 too, where a graph recorded with cached
     casts would keep acting with the first weights): training recomputes what they acted with."""
-    cfg = TrainConfig(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cuda", seed=3,
+    cfg = TrainConfig(**METTA).replace(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cuda", seed=3,
                       log_dir=str(tmp_path), cuda_graphs=True, bf16=bf16, learning_rate=0.01)
     trainer = Trainer(cfg)
     for _ in range(4):  # the first rollout records the graph at its second step; later ones only replay it
@@ -346,7 +346,7 @@ def test_the_recorded_update_equals_the_eager_one_and_reads_the_learning_rate(tm
     gradient norms. Then a learning rate of 0, set after recording, must reach the replays: no weight moves."""
     runs, trainers = [], []
     for graphed in (False, True):
-        cfg = TrainConfig(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cuda", seed=3,
+        cfg = TrainConfig(**METTA).replace(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cuda", seed=3,
                           log_dir=str(tmp_path), update_epochs=4, memory="carry", horizon_bootstrap=True,
                           run_name=str(graphed))
         trainer = Trainer(cfg)
@@ -370,7 +370,7 @@ def test_recorded_rollouts_continue_where_the_last_one_stopped_and_repeat_exactl
     """The whole rollout as one graph: each replay starts from the observations, memory and env state the last
     rollout left (eager or replayed), training on it recomputes its log-probs, and the same seed gives the same
     weights bit for bit."""
-    cfg = TrainConfig(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cuda", seed=3,
+    cfg = TrainConfig(**METTA).replace(num_envs=4, bptt=16, minibatch_size=64, total_steps=10**6, device="cuda", seed=3,
                       log_dir=str(tmp_path), cuda_graphs=True, memory="carry", horizon_bootstrap=True,
                       truncation_bootstrap="final", env_overrides={"max_steps": 20}, learning_rate=0.01)
     runs = []

@@ -13,15 +13,17 @@ from envs import make_env
 from envs.spec import ACTIONS
 from experience import SegmentedBuffer, prio_beta, sample_segments, shuffled_minibatches
 from trainer import TrainConfig, Trainer
-from trainer.config import PRESETS
+from trainer.config import METTA, PRESETS
 from trainer.advantage import compute_advantages
 from trainer.checkpoint import load_checkpoint
 
 
 def small_config(**changes) -> TrainConfig:
-    base = TrainConfig(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
-                       env_overrides={"max_steps": 10}, log_dir="/tmp/minippo-tests", checkpoint_interval=1000,
-                       device=DEVICE)
+    """A small nav run with Metta's semantics (memory reset, no horizon value, Metta's init and loss settings),
+    which most tests were written against; each test names what it changes."""
+    base = TrainConfig(**METTA).replace(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=8 * 16 * 4,
+                                        env_overrides={"max_steps": 10}, log_dir="/tmp/minippo-tests",
+                                        checkpoint_interval=1000, device=DEVICE)
     return base.replace(**changes)
 
 

@@ -1,6 +1,6 @@
-"""Training configuration: the field docstrings are `scripts/train.py --help`. Defaults are Metta's (reference
-section 5); `PRESETS` scales them to a machine: cpu and gpu with the settings measured better (memory carried across
-rollouts, a value at every horizon, the loss settings scripts/tune.py found), metta with Metta's own."""
+"""Training configuration: the field docstrings are `scripts/train.py --help`. The defaults are what a run gets: the
+settings measured best on a 2-core CPU (see TUNED below). `PRESETS` varies them: cpu (the defaults), gpu (one GPU's
+batch), metta (Metta's hyperparameters and semantics, reference section 5: what the collapse study runs)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class TrainConfig:
     env: str = "arena"
     """Task: arena, nav or memory (our gridworld), or mettagrid.arena / mettagrid.nav (the real MettaGrid package,
     pip install -e ".[mettagrid]")."""
-    num_envs: int = 32
+    num_envs: int = 64
     """Maps stepped together (agents = maps x agents per map)."""
     env_overrides: dict[str, int] = field(default_factory=dict)
     """Integer env config fields to change (GridConfig, or MettaGridConfig for mettagrid.*), e.g.
@@ -79,16 +79,16 @@ class TrainConfig:
     """Agent steps to train for."""
     bptt: int = 64
     """Steps per segment: the rollout length and the training unroll."""
-    minibatch_size: int = 4096
+    minibatch_size: int = 1024
     """Agent steps per minibatch; a multiple of bptt that divides the batch (agents x bptt)."""
     minibatches: int = 0
     """Minibatches per epoch, each the batch / minibatches (whole segments), so that the optimizer steps per update
     stay the same whatever num_envs is; 0: minibatch_size sets the size instead."""
-    memory: str = "reset"
+    memory: str = "carry"
     """Recurrent state across rollouts: reset (Metta's: every rollout, and every training segment, starts from zero
     state) or carry (each agent's state continues from one rollout into the next, still zeroed at episode starts;
     training starts every segment from the state acting started it from)."""
-    horizon_bootstrap: bool = False
+    horizon_bootstrap: bool = True
     """Value the observation after the rollout's last step (with the state the rollout ended in), so the last column
     of every segment gets a real advantage and return; off: its advantage is 0 (Metta's)."""
     truncation_bootstrap: str = "previous"
@@ -97,27 +97,27 @@ class TrainConfig:
     acting step)."""
     update_epochs: int = 1
     """Passes over each rollout."""
-    learning_rate: float = 4.57e-4
+    learning_rate: float = 1e-3
     """Adam learning rate."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to 0 over training."""
     adam_eps: float = 1e-12
     """Adam epsilon."""
-    gamma: float = 0.977
+    gamma: float = 0.961
     """Discount."""
-    gae_lambda: float = 0.916
+    gae_lambda: float = 0.804
     """GAE lambda."""
     rho_clip: float = 1.0
     """V-trace clip of the importance ratio in the advantage's delta."""
     c_clip: float = 1.0
     """V-trace clip of the importance ratio in the advantage's trace."""
-    clip_coef: float = 0.1
+    clip_coef: float = 0.163
     """PPO ratio clip."""
-    vf_clip_coef: float = 0.1
+    vf_clip_coef: float = 9.71
     """Value clip around the rollout's values."""
-    vf_coef: float = 0.44
+    vf_coef: float = 0.425
     """Value loss weight."""
-    ent_coef: float = 0.0021
+    ent_coef: float = 1.61e-3
     """Entropy bonus weight."""
     norm_adv: bool = True
     """Normalise the advantages to mean 0 and standard deviation 1 over each minibatch (Metta's); off: the policy
@@ -133,10 +133,10 @@ class TrainConfig:
     """Initial importance-weight exponent: beta = beta0 + (1 - beta0) * prio_alpha * update / updates."""
     clip_range: float = 0.0
     """Policy weight clipping (clip_weights): 0 off."""
-    lstm_init: str = ""
+    lstm_init: str = "forget"
     """LSTM biases: metta (every bias 1, Metta's; saturates the cell), forget (forget gate 1, others 0), or
     empty for the policy's own (metta for fast and latent_attn_*, forget for example)."""
-    inventory_norm: float = 0.0
+    inventory_norm: float = 1.0
     """Divisor of the inventory features (inv:...) in the policy's input: 0 keeps the env's (Metta's 100;
     MettaGrid 0.26's 256), under which one held item reads 0.01 and a loaded altar looks almost like an
     emptied one; 1 makes one item read 1."""
@@ -154,7 +154,7 @@ class TrainConfig:
     cuda_graphs: bool = False
     """CUDA only: record the acting step and the update's gradient step as CUDA graphs once and replay them
     (trainer/cuda_graph.py), one launch instead of one per kernel; the same computation. One process only."""
-    token_conv: bool = False
+    token_conv: bool = True
     """Fast only: compute its first convolution from the real tokens instead of over the dense [features, 11, 11]
     box (policies/tokens.py TokenConv): the same weights and values within float rounding, less work on a CPU
     (docs/benchmarks.md, "The token convolution")."""
@@ -300,25 +300,24 @@ class TrainConfig:
                                                                             if k in RESUMABLE})
 
 
-# The cpu and gpu presets' settings, each kept by a measurement (docs/training.md, "Defaults and presets", links
+# Why the defaults differ from Metta's, each kept by a measurement (docs/training.md, "Defaults and presets", links
 # each to the docs/learning.md section that measured it): memory carried across rollouts with a value at the
 # horizon (the memory task's seeds learned only with both); the loss settings scripts/tune.py found on nav, with
 # Metta's per-minibatch advantage normalisation kept (without it the arena's small rewards left the entropy bonus in
-# charge); the inventory divided by 1, so that one held item reads 1, not 0.01; and the learning rate 1e-3, not the
-# search's 2.66e-3, at which Adam's first steps silenced Fast's encoder.
-TUNED = dict(update_epochs=1, learning_rate=1e-3, ent_coef=1.61e-3, vf_coef=0.425, vf_clip_coef=9.71,
-             clip_coef=0.163, gamma=0.961, gae_lambda=0.804, lstm_init="forget", memory="carry", horizon_bootstrap=True,
-             inventory_norm=1.0)
-# 2-core CPU: batches of 24,576 steps on the arena (4,096 on nav), 24 (4) minibatches.
-CPU_SIZE = dict(num_envs=64, minibatch_size=1024)
+# charge); the inventory divided by 1, so that one held item reads 1, not 0.01; the learning rate 1e-3, not the
+# search's 2.66e-3, at which Adam's first steps silenced Fast's encoder; the sizes a 2-core CPU trains at.
+# Metta's own, where they differ:
+METTA = dict(num_envs=32, minibatch_size=4096, memory="reset", horizon_bootstrap=False, learning_rate=4.57e-4,
+             gamma=0.977, gae_lambda=0.916, clip_coef=0.1, vf_clip_coef=0.1, vf_coef=0.44, ent_coef=0.0021,
+             lstm_init="", inventory_norm=0.0, token_conv=False)
 PRESETS = {
-    "cpu": TrainConfig(**CPU_SIZE, **TUNED, token_conv=True),
+    "cpu": TrainConfig(),
     # One GPU: near Metta's batch (1024 arena maps = 6144 agents, 393,216 steps; Metta's is 524,288), and as many
     # minibatches per update as the cpu preset takes on nav, at any num_envs: Adam's step does not grow with the
-    # minibatch, so a fixed minibatch size would cut a smaller batch's optimizer steps (256 nav maps: to one).
-    "gpu": TrainConfig(num_envs=1024, minibatches=16, total_steps=500_000_000, **TUNED),
-    # Metta's hyperparameters and semantics (TrainConfig's defaults) at the cpu preset's size, with the learning rate
-    # scaled to it (Metta's 4.57e-4 with 4 minibatches per 16k batch left the KL at ~1e-5: nothing learned in 400k
-    # steps): what the cpu preset was before tuning, and what the collapse study runs.
-    "metta": TrainConfig(**CPU_SIZE, learning_rate=3e-3),
+    # minibatch, so a fixed minibatch size would cut a smaller batch's optimizer steps (256 nav maps: to one). The
+    # box, not the token convolution, which saves a CPU work and a GPU nothing.
+    "gpu": TrainConfig(num_envs=1024, minibatches=16, total_steps=500_000_000, token_conv=False),
+    # Metta's hyperparameters and semantics at the cpu preset's size, with the learning rate scaled to it (Metta's
+    # 4.57e-4 with 4 minibatches per 16k batch learned nothing in 400k steps): what the collapse study runs.
+    "metta": TrainConfig(**{**METTA, "num_envs": 64, "minibatch_size": 1024, "learning_rate": 3e-3}),
 }
