@@ -90,7 +90,9 @@ def credit(args: Args) -> CreditTable:
     if args.rollouts < 1 or args.min_count < 1:
         raise ValueError(f"rollouts={args.rollouts}, min_count={args.min_count}: both must be at least 1")
     with tempfile.TemporaryDirectory() as log_dir:  # the resumed trainer makes its run folder; nothing is written
-        trainer = Trainer(TrainConfig(resume=args.checkpoint, log_dir=log_dir), given=("log_dir",))
+        # eagerly: a recorded rollout's replays would not run the env.step this counts through
+        trainer = Trainer(TrainConfig(resume=args.checkpoint, log_dir=log_dir, cuda_graphs=False),
+                          given=("log_dir", "cuda_graphs"))
     if not isinstance(trainer.env, GridEnv):
         raise ValueError(f"credit reads our gridworld's maps; {trainer.cfg.env} is not one: use a checkpoint of a run "
                          "on arena, nav or memory")

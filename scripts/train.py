@@ -30,8 +30,11 @@ def main() -> None:
     pre.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
     known, rest = pre.parse_known_args()
     cfg = tyro.cli(TrainConfig, default=PRESETS[known.preset], args=rest, description=__doc__)
+    given = options_given(rest)
+    if "minibatch_size" in given and "minibatches" not in given:  # a size asked for replaces a preset's count
+        cfg = cfg.replace(minibatches=0)
     try:
-        trainer = Trainer(cfg, given=options_given(rest))
+        trainer = Trainer(cfg, given=given)
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
         sys.exit(f"error: {e}")
     c, ranks = trainer.cfg, trainer.ranks

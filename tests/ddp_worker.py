@@ -19,9 +19,9 @@ out, same_seeds = sys.argv[1], "--same-seeds" in sys.argv
 if same_seeds:  # every rank gets rank 0's envs and random streams: the job must equal one process
     distributed.rank_seed = lambda seed, rank: seed
 torch.set_num_threads(1)
-cfg = TrainConfig(**METTA).replace(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=2 * 8 * 16 * 4, prio_alpha=0.5,
-                  env_overrides={"max_steps": 10}, log_dir=os.path.join(out, "logs"), checkpoint_interval=1000,
-                  device="cpu")  # gloo on the CPU: a one-GPU machine cannot hold two ranks
+cfg = TrainConfig(**METTA).replace(env="nav", num_envs=8, bptt=16, minibatch_size=64, total_steps=2 * 8 * 16 * 4,
+                                   prio_alpha=0.5, env_overrides={"max_steps": 10}, log_dir=os.path.join(out, "logs"),
+                                   checkpoint_interval=1000, device="cpu")  # gloo: one GPU cannot hold two ranks
 run = Trainer(cfg)
 digests = []
 for _ in range(run.num_updates):

@@ -18,7 +18,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    # the project first, then whatever the caller's path held (on the GPU machine, the wheels installed with --target)
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=env, timeout=300)
     if done.returncode:  # a rank's own traceback comes before torchrun's summary of the failure: show it first
         done.stderr = done.stderr[done.stderr.find("Traceback"):][:3000] + "\n...\n" + done.stderr[-1000:]

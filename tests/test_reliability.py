@@ -93,6 +93,13 @@ def train_cli(tmp_path, *args, stop_with=None):
     return run.wait(timeout=120), "".join(lines)
 
 
+def test_a_minibatch_size_on_the_command_line_replaces_the_gpu_presets_count_of_minibatches(tmp_path):
+    gpu = ["--preset", "gpu", "--device", "cpu", "--env", "nav", "--num-envs", "8", "--bptt", "16", "--total-steps",
+           "128", "--torch-threads", "1"]
+    code, out = train_cli(tmp_path, *gpu, "--minibatch-size", "64", "--run-name", "size")
+    assert code == 0 and "batch 128, minibatch 64 per rank" in out, out  # without it: 16 minibatches of 8 segments
+
+
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_a_signal_mid_run_saves_and_the_resumed_run_ends_like_an_uninterrupted_one(tmp_path, name):
     number = getattr(signal, name)

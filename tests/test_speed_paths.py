@@ -450,9 +450,9 @@ def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path):
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "report.md").read_text()
     assert "| sync | done |" in report and "| e2e | done |" in report and "| profile | done |" in report
-    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| 8 | plain |")]
-    assert len(rows) == 3 and all(row[3].replace(",", "").isdigit() for row in rows)  # e2e agent steps/s
-    assert rows[2][-2].replace(",", "").isdigit()  # the profile's host ops per acting step
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| 2 | plain |")]
+    assert len(rows) == 2 and rows[0][3].replace(",", "").isdigit()  # e2e agent steps/s
+    assert rows[1][-2].replace(",", "").isdigit()  # the profile's host ops per acting step
     assert os.path.exists(tmp_path / "logs.tar.gz")
 
 
@@ -460,11 +460,11 @@ def test_gpu_checks_learning_run_stops_on_time_and_reports_its_curve(tmp_path):
     """--learn: a run stopped by its clock (SIGINT: it saves), and a report of its curve, on the CPU at tiny size."""
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "gpu_check.py")
     start = time.monotonic()
-    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--learn", "0.4",
+    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--learn", "0.3",
                            "--train-args=--device cpu --num-envs 2 --minibatches 2 --torch-threads 1"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - start < 0.4 * 60 + 20
+    assert time.monotonic() - start < 0.3 * 60 + 20
     report = (tmp_path / "report.md").read_text()
     assert "exit 130" in report  # stopped by the signal, not by an error
     assert re.search(r"- \d+ updates, [\d,]+ agent steps", report) and "| agent steps | return | hearts |" in report

@@ -194,6 +194,23 @@ def test_init_from_errors_name_the_fix(tmp_path):
     Trainer(small_config(log_dir=str(tmp_path), init_from=str(tmp_path / "older.pt")))
 
 
+def test_an_older_checkpoints_missing_options_take_metta_values_it_ran_with():
+    """TrainConfig's defaults are the tuned ones; a checkpoint written before an option existed ran at its default
+    then, Metta's (memory reset, the env's inventory divisor, no token convolution)."""
+    cfg = TrainConfig.from_dict({"policy": "fast", "env": "nav", "learning_rate": 3e-3})
+    assert (cfg.memory, cfg.horizon_bootstrap, cfg.inventory_norm, cfg.token_conv) == ("reset", False, 0.0, False)
+    assert cfg.learning_rate == 3e-3 and TrainConfig().memory == "carry"
+
+
+def test_a_checkpoint_holds_the_learning_rate_as_a_number(tmp_path):
+    """A recorded update keeps the learning rate on the device (trainer/cuda_graph.py); the checkpoint does not."""
+    trainer = Trainer(small_config(log_dir=str(tmp_path)))
+    for group in trainer.optimizer.param_groups:  # as GraphedUpdate leaves them
+        group["lr"], group["capturable"] = torch.tensor(0.002, device=DEVICE), True
+    groups = trainer.state_dict()["optimizer"]["param_groups"]
+    assert all(type(g["lr"]) is float and g["lr"] == pytest.approx(0.002) and not g["capturable"] for g in groups)
+
+
 def test_checkpoint_errors_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(str(tmp_path / "missing.pt"))

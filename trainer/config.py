@@ -284,7 +284,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"the checkpoint's configuration has options this version of minippo does not know "
                              f"({unknown}): it was written by another version; retrain or use that version")
-        return cls(**saved)
+        return cls(**{**METTA, **saved})  # an option it predates ran at its default then: Metta's
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -123,6 +123,7 @@ class GraphedRollout:
                 self.inputs[name].copy_(value)
         self.graph.replay()
         self._point(self.outputs, self.out_td, self.out_carried)
+        t.policy.set_memory(self.out_memory)  # where the rollout left the memory (an update may have reset it since)
         t.buffer.rows, t.buffer.column, t.buffer.next_row = dict(self.rows), dict(self.column), t.buffer.segments
         t.global_step += t.batch_size
 
@@ -152,6 +153,7 @@ class GraphedRollout:
             self.rollout()
         t.global_step = step
         self.outputs, self.out_td, self.out_carried = self._state(), t.next_obs, dict(t.carried)
+        self.out_memory = t.policy.get_memory()
         self.rows, self.column = dict(t.buffer.rows), dict(t.buffer.column)
         self._point(self.inputs, in_td, in_carried)  # the state to start from is still where the recording read it
 

@@ -104,7 +104,8 @@ class Trainer(PPO):
             return
         saved = (f"the last good checkpoint is {self.checkpoint_path} (update {self.saved_update})"
                  if self.saved_update is not None else "no checkpoint was saved yet")
-        raise NonFiniteError(f"update {self.update}: {what} is not a finite number. The run stopped without saving: "
+        self.update -= 1  # the update that failed does not count
+        raise NonFiniteError(f"update {self.update + 1}: {what} is not a finite number. The run stopped without saving: "
                              f"{saved}. Lower --learning-rate or --max-grad-norm, or pass --nonfinite skip to skip "
                              "such minibatches")
 
@@ -213,7 +214,7 @@ class Trainer(PPO):
             return None
         return {"config": dataclasses.asdict(self.cfg.replace(resume="")), "update": self.update,
                 "global_step": self.global_step, "policy": self.policy.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "ranks": ranks}
+                "optimizer": plain_optimizer_state(self.optimizer), "ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
         parts = state.get("ranks") or [state]  # a checkpoint from before ranks kept its one rank's part at the top
@@ -245,3 +246,11 @@ class Trainer(PPO):
         if path == self.checkpoint_path:
             self.saved_update = self.update
         return path
+
+
+def plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with its learning rate a number and capturable off, as an eager run makes them: a
+    recorded update (trainer/cuda_graph.py) turns them into a device tensor and on, and sets them so again."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**g, "lr": float(g["lr"]), "capturable": False} for g in state["param_groups"]]
+    return state
