@@ -51,6 +51,8 @@ class Args:
     train_args: str = "--cuda-graphs"
     """More scripts/train.py options for --learn, one string (if the run fails with --cuda-graphs, it restarts
     without them)."""
+    scripted: bool = True
+    """With --learn, compute the scripted player's score on the CPU beside the run (the report's fraction)."""
     minutes: float = 5.8
     """The check's wall-clock budget: each step's cap is what is left of it."""
     tiny: bool = False
@@ -199,9 +201,9 @@ def learn(args: Args) -> None:
     grace = min(70.0, budget / 4)  # to stop, save, and write the report
     scores = os.path.join(args.out, "scripted")
     os.makedirs(scores, exist_ok=True)
-    reference = subprocess.Popen([sys.executable, "-c", REFERENCE.format(root=ROOT, scripts=os.path.join(ROOT, "scripts"),
-                                                                         out=scores)],
-                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(args.out, "scripted.log"), "w"))
+    reference = subprocess.Popen(
+        [sys.executable, "-c", REFERENCE.format(root=ROOT, scripts=os.path.join(ROOT, "scripts"), out=scores)]
+        if args.scripted else ["true"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(args.out, "scripted.log"), "w"))
     name, options = "arena_gpu", shlex.split(args.train_args)
     code, cmd = train_for(budget - grace, [*options, "--run-name", name], args.out, "train.log")
     if code not in (0, 130) and "--cuda-graphs" in options:  # the graphs failed: the rest of the time without them
@@ -234,7 +236,7 @@ def learn(args: Args) -> None:
                   "agent steps/s (updates of the whole run, first included)",
                   f"- over the last 10% of updates: return {ret if ret is None else f'{ret:.3f}'} per agent-episode"
                   + (f", {ret / scripted:.1%} of the scripted player's {scripted:.3f}" if ret is not None and scripted
-                     else " (the scripted score was not computed in time)")
+                     else " (no scripted score: --no-scripted, or not computed in time)")
                   + f"; hearts {hearts if hearts is None else f'{hearts:.3f}'}, batteries "
                   f"{last('episode/battery_red_gained') or 0:.3f}, ore {last('episode/ore_red_gained') or 0:.3f} "
                   "per agent-episode", "", "| agent steps | return | hearts | batteries | ore | SPS |",

@@ -460,7 +460,7 @@ def test_gpu_checks_learning_run_stops_on_time_and_reports_its_curve(tmp_path):
     """--learn: a run stopped by its clock (SIGINT: it saves), and a report of its curve, on the CPU at tiny size."""
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "gpu_check.py")
     start = time.monotonic()
-    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--learn", "0.3",
+    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--learn", "0.3", "--no-scripted",
                            "--train-args=--device cpu --num-envs 2 --minibatches 2 --torch-threads 1"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
