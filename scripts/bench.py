@@ -50,6 +50,8 @@ class Args:
     """Map counts to measure (default: the preset's)."""
     preset: str = ""
     """Training configuration: cpu or gpu (default: by device)."""
+    bptt: int = 0
+    """Steps per segment (0: the preset's)."""
     minibatch_size: int = 0
     """Agent steps per minibatch (0: the preset's)."""
     update_epochs: int = 0
@@ -220,7 +222,7 @@ def main(args: Args) -> None:
         torch.set_num_threads(args.threads)
     device = PRESETS["cpu"].replace(device=args.device).resolved_device
     preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]
-    changes = {k: getattr(args, k) for k in ("minibatch_size", "update_epochs") if getattr(args, k)}
+    changes = {k: getattr(args, k) for k in ("bptt", "minibatch_size", "update_epochs") if getattr(args, k)}
     if args.minibatch_size:  # a size asked for replaces the preset's count of minibatches
         changes["minibatches"] = 0
     if args.token_conv is not None:

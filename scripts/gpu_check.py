@@ -56,7 +56,7 @@ class Args:
     minutes: float = 5.8
     """The check's wall-clock budget: each step's cap is what is left of it."""
     tiny: bool = False
-    """Tiny sizes (2 maps), one repeat, one thread, no switches: for a CPU, to check this script."""
+    """Tiny sizes (2 maps, bptt 16), one repeat, one thread, no switches: for a CPU, to check this script."""
     device: str = "auto"
     """cuda, cpu, or auto (cuda when available)."""
     tests: bool = True
@@ -130,7 +130,7 @@ def check(args: Args) -> None:
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     sizes = [2, 2] if args.tiny else [1024, 4096]
     bench = [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--device", device, "--repeats",
-             "1" if args.tiny else "3", *(["--threads", "1", "--minibatch-size", "128"] if args.tiny else [])]
+             "1" if args.tiny else "3", *(["--threads", "1", "--bptt", "16", "--minibatch-size", "32"] if args.tiny else [])]
     title = (f"# GPU check: {torch.cuda.get_device_name() if device == 'cuda' else machine()}\n\n"
              f"{datetime.date.today()}, torch {torch.__version__}, commit {commit()}, device {device}"
              f"{', tiny sizes' if args.tiny else ''}; `python scripts/gpu_check.py --out DIR`.")
