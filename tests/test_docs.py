@@ -73,14 +73,24 @@ def test_the_docs_show_commands_of_every_script():
     assert {"train.py", "evaluate.py", "play.py", "bench.py", "reproduce_collapse.py", "learning_bench.py"} <= shown
 
 
+def links(page: str) -> list[tuple[str, str, str]]:
+    """A page's links within the repository: (as written, the file it reaches, the anchor or '')."""
+    found = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", open(os.path.join(ROOT, page)).read()):
+        if not re.match(r"[a-z]+://", target):
+            path, _, anchor = target.partition("#")  # no path: a section of the page itself
+            found.append((target, os.path.normpath(os.path.join(ROOT, os.path.dirname(page) if path else page, path)),
+                          anchor))
+    return found
+
+
 @pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES])
 def test_every_link_of_the_docs_is_a_file_of_the_repository(page):
     """A link to a file outside the repository (or to one since moved) is a link the reader cannot follow."""
     text = open(os.path.join(ROOT, page)).read()
-    for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+://|#", target):
+    for target, path, _ in links(page):
+        if target.startswith("#"):
             continue
-        path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target.split("#")[0]))
         assert os.path.commonpath([path, ROOT]) == ROOT, f"{page} links {target}, outside the repository"
         assert os.path.exists(path), f"{page} links {target}, which does not exist"
     assert "../shared" not in text, f"{page} names ../shared, which readers of the repository do not have"
@@ -98,13 +108,9 @@ def headings(path: str) -> set[str]:
 
 @pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES])
 def test_every_link_to_a_section_reaches_its_heading(page):
-    text = open(os.path.join(ROOT, page)).read()
-    for target in re.findall(r"\]\(([^)\s]*#[^)\s]+)\)", text):
-        if re.match(r"[a-z]+://", target):
-            continue
-        path, anchor = target.split("#", 1)
-        path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path else os.path.join(ROOT, page)
-        assert anchor in headings(path), f"{page} links {target}: no such heading there"
+    for target, path, anchor in links(page):
+        if anchor:
+            assert anchor in headings(path), f"{page} links {target}: no such heading there"
 
 
 def readme_units(text: str) -> list[str]:

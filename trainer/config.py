@@ -262,15 +262,14 @@ class TrainConfig:
             need(self.minibatches <= num_agents and num_agents % self.minibatches == 0,
                  f"minibatches={self.minibatches} must divide the batch's {num_agents} segments ({num_agents} agents): "
                  f"choose num_envs so that it does, or a minibatches that divides {num_agents}")
-            need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
-            return
-        need(self.minibatch_size % self.bptt == 0,
-             f"minibatch_size={self.minibatch_size} is not a multiple of bptt={self.bptt}: minibatches hold whole segments")
-        segments = self.minibatch_size // self.bptt
-        need(0 < segments <= num_agents and num_agents % segments == 0,
-             f"the batch is {num_agents} segments ({num_agents} agents x bptt {self.bptt} = {batch} steps); "
-             f"minibatches of {segments} segments ({self.minibatch_size} steps) must divide it: choose a "
-             f"minibatch_size of bptt x a divisor of {num_agents}")
+        else:
+            need(self.minibatch_size % self.bptt == 0, f"minibatch_size={self.minibatch_size} is not a multiple of "
+                 f"bptt={self.bptt}: minibatches hold whole segments")
+            segments = self.minibatch_size // self.bptt
+            need(0 < segments <= num_agents and num_agents % segments == 0,
+                 f"the batch is {num_agents} segments ({num_agents} agents x bptt {self.bptt} = {batch} steps); "
+                 f"minibatches of {segments} segments ({self.minibatch_size} steps) must divide it: choose a "
+                 f"minibatch_size of bptt x a divisor of {num_agents}")
         need(self.total_steps >= batch, f"total_steps={self.total_steps} is less than one batch ({batch}): raise it")
 
     def segments_per_minibatch(self, num_agents: int) -> int:

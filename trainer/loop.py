@@ -79,10 +79,11 @@ class Trainer(PPO):
         """One update (PPO.learn); its statistics read back once, as means over ranks. A number that is not finite
         stops the run here (NonFiniteError)."""
         means, steps, weights = super().learn()
-        read = self.ranks.mean(torch.cat([torch.stack(list(means.values())), steps.flatten(), weights]).float()).tolist()
-        self.check_finite([read[len(means) + 4 * m:len(means) + 4 * m + 4] for m in range(len(steps))],
-                          read[len(means) + 4 * len(steps):])
-        return {**dict(zip(means, read[:len(means)])), "learning_rate": self.learning_rate}
+        read = iter(self.ranks.mean(torch.cat([torch.stack(list(means.values())), steps.flatten(), weights]).float())
+                    .tolist())
+        stats = {k: next(read) for k in means}  # in the order they were joined
+        self.check_finite([[next(read) for _ in range(4)] for _ in range(len(steps))], list(read))
+        return {**stats, "learning_rate": self.learning_rate}
 
     def reduce_gradients(self) -> None:
         self.ranks.average_gradients(self.policy.parameters())  # nothing to do with one rank
