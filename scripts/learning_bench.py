@@ -14,7 +14,9 @@ is shown beside it. Per task and configuration, over seeds (mean ± sd):
                      every seed did); a run has one torch thread, so its wall time is its core time
     ev, kl, clip     explained variance, approx_kl and clip fraction over the last 10% of updates
 
-and for the arena, each seed's hearts per agent-episode over the last 10% of updates.
+and for the arena, each seed's hearts per agent-episode over the last 10% of updates; for memory, where each seed
+learns the cue or not, the step at which each seed's return first passed 95% of the scripted score, and each fall
+of more than 0.2 below its best after that (a collapse).
 
 Writes --out/summary.md and --out/learning.png (needs the plots extra).
 """
@@ -40,6 +42,9 @@ BUDGETS = {"nav": 2_000_000, "memory": 1_000_000, "arena": 5_000_000}
 EPISODES = {"nav": 400, "memory": 400, "arena": 24}  # agent-episodes for the scripted and random scores
 # The arena's return is mostly ore, up to the reward's cap: whether the chain is learned shows in its hearts.
 HEARTS = ("arena",)
+# Memory is learned all or nothing: each seed's first update past the pass mark, and any fall after it of more than
+# DROP below its best so far (a collapse), both per update, unsmoothed.
+PASS_MARK, DROP = {"memory": 0.95}, 0.2
 
 
 @dataclass
@@ -125,8 +130,28 @@ def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dic
                 row[name] = tail_mean([curves[(config, s)][tag][1] for s in seeds], window)
             if task in HEARTS:
                 row["hearts"] = [tail_mean([curves[(config, s)]["episode/heart_gained"][1]], window) for s in seeds]
+            if task in PASS_MARK:
+                row["passed"] = {s: passed(curves[(config, s)]["episode/return"][0],
+                                           [v / scores["scripted"] for v in curves[(config, s)]["episode/return"][1]],
+                                           PASS_MARK[task], DROP) for s in seeds}
         rows.append(row)
     return rows, scores, curves
+
+
+def passed(steps: list[int], values: list[float], mark: float, drop: float) -> tuple[int | None, list[tuple]]:
+    """The first step whose return reaches `mark` (None: never), and the collapses after it: (step, best so far,
+    the return) where a return falls more than `drop` below the best so far, once per fall (the next counts after a
+    recovery to within `drop`)."""
+    first = next((step for step, value in zip(steps, values) if value >= mark), None)
+    falls, best, down = [], -math.inf, False
+    for step, value in zip(steps, values):
+        if first is None or step < first:
+            continue
+        best = max(best, value)
+        if best - value > drop and not down:
+            falls.append((step, best, value))
+        down = best - value > drop
+    return first, falls
 
 
 def study_line(task: str, out: str) -> str:
@@ -159,6 +184,18 @@ def table(results: list[tuple[list[dict], dict]], header: str, window: float = 0
     if hearts:
         lines += ["", f"Hearts per agent-episode over the last {window:.0%} of updates, by seed from seed 0:"]
         lines += [f"- {row['task']} {row['config']}: {', '.join(f'{h:.2f}' for h in row['hearts'])}" for row in hearts]
+    marked = [row for rows, _ in results for row in rows if row.get("passed")]
+    if marked:
+        lines += ["", "Each seed's first update past the pass mark (fractions of the scripted score, per update), by seed "
+                  "from seed 0, and the collapses after it (a fall of more than 0.2 below the best so far: step, best "
+                  "-> return):"]
+        for row in marked:
+            firsts = ", ".join("-" if first is None else f"{first / 1e6:.2f}M" for first, _ in row["passed"].values())
+            falls = [f"seed {seed} at {step / 1e6:.2f}M ({best:.2f} -> {value:.2f})"
+                     for seed, (_, seed_falls) in row["passed"].items() for step, best, value in seed_falls]
+            count = sum(first is not None for first, _ in row["passed"].values())
+            lines.append(f"- {row['task']} {row['config']}: past {PASS_MARK[row['task']]:.0%} in {count} of "
+                         f"{len(row['passed'])} ({firsts}); collapses: {'; '.join(falls) or 'none'}")
     return "\n".join(lines) + "\n"
 
 

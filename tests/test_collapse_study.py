@@ -228,3 +228,35 @@ def test_curves_of_a_study_without_a_finished_run_are_refused_by_name(tmp_path):
     from trainer.runs import read_curves
     with pytest.raises(ValueError, match="has no finished run yet"):
         read_curves(str(tmp_path))
+
+
+def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly(tmp_path, monkeypatch):
+    """scripts/collapse_probe.py follows the very run train.py makes (its per-update numbers are the run's), and from
+    the snapshot before the update it takes apart, `base` repeats it to the last bit; another variant changes it."""
+    import csv
+
+    import tyro
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import collapse_probe
+
+    from trainer.config import PRESETS
+    from trainer.loop import Trainer
+
+    args = tyro.cli(collapse_probe.Args, args=[
+        "--policy", "example", "--total-steps", "3072", "--train-args=--num-envs 16 --bptt 16 --minibatch-size 64",
+        "--at-update", "2", "--follow", "1", "--variants", "base", "lr0.01", "--out", str(tmp_path)])
+    collapse_probe.main(args)
+    updates = list(csv.DictReader(open(tmp_path / "updates.csv")))
+    variants = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "variants.csv"))}
+    assert [int(r["update"]) for r in updates] == [1, 2]
+    assert float(variants["base"]["approx_kl"]) == float(updates[1]["approx_kl"])
+    assert float(variants["lr0.01"]["approx_kl"]) != float(updates[1]["approx_kl"])
+    rows = list(csv.DictReader(open(tmp_path / "minibatches.csv")))
+    assert len(rows) == 2 * 4 and all(float(r["adv_std"]) > 0 and float(r["top_moved"]) > 0 for r in rows)
+
+    cfg = PRESETS["cpu"].replace(policy="example", env="memory", total_steps=3072, num_envs=16, bptt=16,
+                                 minibatch_size=64, torch_threads=1, log_dir=str(tmp_path / "tb"))
+    plain = Trainer(cfg)
+    kls = [plain.train(1, quiet=True)[0]["approx_kl"] for _ in range(2)]
+    assert kls == [float(r["approx_kl"]) for r in updates]

@@ -52,3 +52,18 @@ def test_learning_bench_reports_fractions_of_the_scripted_score_and_the_time_to_
     assert (row["ev"], row["kl"], row["clip"]) == (0.5, 0.01, 0.1)
     text = learning_bench.table([(rows, scores)], "header")
     assert "| nav | a | 2 | 95% ± 0% | 95% ± 0% | 0.01M, 0.1 |" in text and "random 0.200 (10%)" in text
+
+
+def test_learning_bench_names_each_seeds_pass_and_every_collapse_after_it():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import learning_bench
+
+    steps = [1000 * (i + 1) for i in range(9)]
+    #                  passes at 3,000; falls 0.3 below 1.0 at 5,000 (one collapse), again at 8,000 after recovering
+    first, falls = learning_bench.passed(steps, [0.2, 0.5, 0.96, 1.0, 0.7, 0.6, 0.95, 0.75, 0.9], 0.95, 0.2)
+    assert first == 3000 and falls == [(5000, 1.0, 0.7), (8000, 1.0, 0.75)]
+    assert learning_bench.passed(steps, [0.2, 0.5, 0.9, 0.3] + [0.9] * 5, 0.95, 0.2) == (None, [])  # a fall before it
+    assert learning_bench.passed(steps, [0.96, 0.77] + [0.9] * 7, 0.95, 0.2) == (1000, [])  # 0.19 below: not one

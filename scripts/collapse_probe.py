@@ -1,0 +1,222 @@
+"""Take apart the update that breaks a solved run: replay a run to it, log what changes in it, and re-run it under
+each candidate cure.
+
+    python scripts/collapse_probe.py --policy example --seed 5 --train-args="--num-envs 256"
+    python scripts/collapse_probe.py --policy fast --seed 4 --at-update 42 --variants base eps1e-5 target_kl0.02
+
+The run is scripts/train.py's (the cpu preset on memory unless --train-args says otherwise), one torch thread,
+replayed update by update in this process: runs are deterministic on one machine, so it follows the very run a
+learning benchmark made with the same options, and the per-update lines show it (return, approx_kl).
+Every minibatch of every update is logged (minibatches.csv): the advantages before normalisation (the policy loss
+divides them by their standard deviation), the value targets and the critic's error, the ratio's spread, the
+gradient norm, which parameter moved most relative to its size and Adam's second moment there, and the LSTM's cell.
+
+The breaking update is --at-update, or else the first update after the return reached --solved whose approx_kl
+exceeds --kl. From the state before it (a snapshot of everything a checkpoint holds), each variant re-runs that
+update and --follow more, and variants.csv says what each did: the update's approx_kl, its largest minibatch KL,
+and the return of the rollouts after it. A variant changes the update from inside, as an option would:
+
+    base            the run as it was (must repeat it exactly)
+    epsX            Adam's epsilon X (e.g. eps1e-8, eps1e-5)
+    lrX             learning rate X (e.g. lr5e-4)
+    beta2X          Adam's beta2 X (e.g. beta2_0.99)
+    no_norm_adv     advantages as computed, not normalised per minibatch
+    vf_clipX        value clip X around the rollout's values (e.g. vf_clip0.2)
+    target_klX      skip the update's remaining minibatches once their mean approx_kl passes X (e.g. target_kl0.02)
+    reshuffleX      the same update with minibatches drawn from sampler seed X: a control, since any change to a
+                    chaotic run may avoid one bad update by chance
+    a+b             both changes
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from trainer.config import PRESETS, TrainConfig  # noqa: E402
+from trainer.loop import Trainer  # noqa: E402
+
+
+@dataclass
+class Args:
+    policy: str = "fast"
+    seed: int = 0
+    env: str = "memory"
+    preset: str = "cpu"
+    total_steps: int = 2_000_000
+    """The run's length (it sets the number of updates, which an annealed learning rate reads)."""
+    train_args: str = "--num-envs 256"
+    """More train.py options."""
+    at_update: int = 0
+    """The update to take apart (1-based, as train.py prints it); 0: the first past --solved with approx_kl > --kl."""
+    solved: float = 0.95
+    kl: float = 0.1
+    follow: int = 6
+    """Updates each variant runs after the breaking one."""
+    variants: list[str] = field(default_factory=lambda: [
+        "base", "reshuffle1", "reshuffle2", "eps1e-8", "eps1e-5", "lr5e-4", "beta2_0.99", "no_norm_adv", "vf_clip0.2", "target_kl0.02"])
+    out: str = "runs/collapse_probe"
+
+
+class ProbedTrainer(Trainer):
+    """The trainer with every minibatch's step measured from outside; `rows` collects them. `target_kl` > 0 skips
+    the rest of an update once the mean approx_kl of its minibatches passes it."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.rows: list[dict] = []
+        self.target_kl = 0.0
+        self.update_kls: list[float] = []
+        self.train_step = self.probed_step
+
+    def learn(self):
+        self.update_kls = []
+        return super().learn()
+
+    def probed_step(self, index, weights, advantages):
+        if self.target_kl and self.update_kls and sum(self.update_kls) / len(self.update_kls) > self.target_kl:
+            return None
+        before = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+        step = self.minibatch_step(index, weights, advantages)
+        kl = float(step["approx_kl"])
+        self.update_kls.append(kl)
+        moved = {n: float((p.detach() - before[n]).norm() / max(before[n].norm(), 0.01 * p.numel() ** 0.5))
+                 for n, p in self.policy.named_parameters()}
+        top = max(moved, key=moved.get)
+        param = dict(self.policy.named_parameters())[top]
+        state = self.optimizer.state[param]
+        group = self.optimizer.param_groups[0]
+        t = float(state["step"])
+        v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** t)
+        m_hat = state["exp_avg"] / (1 - group["betas"][0] ** t)
+        adam_step = m_hat.abs() / (v_hat.sqrt() + group["eps"])  # the step in units of the learning rate
+        ratio = step["ratio"]
+        returns, values = self.returns[index], self.buffer.data["values"][index]
+        cells = [c for _, c in self.policy.get_memory().values()]
+        self.rows.append({
+            "update": self.update + 1, "minibatch": len(self.update_kls), "approx_kl": kl,
+            "clipfrac": float(step["clipfrac"]), "grad_norm": float(step["grad_norm"]),
+            "adv_mean": float(advantages.mean()), "adv_std": float(advantages.std()),
+            "adv_absmax": float(advantages.abs().max()),
+            "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "value_rmse": float((returns - values).pow(2).mean().sqrt()),
+            "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
+            "ratio_p99": float(ratio.flatten().quantile(0.99)), "entropy": float(step["entropy"]),
+            "top_param": top, "top_moved": moved[top], "top_sqrt_v_median": float(v_hat.sqrt().median()),
+            "top_adam_step_median": float(adam_step.median()), "top_adam_step_max": float(adam_step.max()),
+            "moved_total": sum(moved.values()),
+            "cell_abs_mean": float(torch.cat([c.abs().flatten() for c in cells]).mean()) if cells else 0.0})
+        return step
+
+    def one_update(self) -> dict:
+        self.rollout()
+        self.health()
+        metrics = self.learn()
+        stats = self.env.episode_stats()
+        return {"update": self.update, "return": stats.get("return", float("nan")), "approx_kl": metrics["approx_kl"],
+                "kl_max": max(self.update_kls, default=0.0), "minibatches": len(self.update_kls),
+                "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"]}
+
+
+PREFIXES = ("target_kl", "vf_clip", "beta2", "eps", "lr", "reshuffle")  # each followed by its number
+
+
+def parse_variant(name: str) -> tuple[str, float]:
+    """(kind, number) of a variant's name; SystemExit naming the list for an unknown one."""
+    if name in ("base", "no_norm_adv"):
+        return name, 0.0
+    prefix = next((p for p in PREFIXES if name.startswith(p)), None)
+    try:
+        return prefix, float(name[len(prefix):].lstrip("_"))
+    except (TypeError, ValueError):
+        raise SystemExit(f"error: unknown variant {name!r}; see --help for the list") from None
+
+
+def apply_variant(trainer: ProbedTrainer, name: str, cfg: TrainConfig) -> None:
+    """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot (whose cfg and optimizer
+    are the run's own)."""
+    trainer.cfg, trainer.target_kl = cfg, 0.0
+    for part in name.split("+"):
+        apply_change(trainer, part)
+
+
+def apply_change(trainer: ProbedTrainer, name: str) -> None:
+    kind, number = parse_variant(name)
+    cfg = trainer.cfg
+    groups = trainer.optimizer.param_groups
+    if kind == "eps":
+        for g in groups:
+            g["eps"] = number
+    elif kind == "beta2":
+        for g in groups:
+            g["betas"] = (g["betas"][0], number)
+    elif kind == "lr":
+        trainer.cfg = cfg.replace(learning_rate=number)
+    elif kind == "no_norm_adv":
+        trainer.cfg = cfg.replace(norm_adv=False)
+    elif kind == "vf_clip":
+        trainer.cfg = cfg.replace(vf_clip_coef=number)
+    elif kind == "target_kl":
+        trainer.target_kl = number
+    elif kind == "reshuffle":
+        trainer.sampler.manual_seed(int(number))
+
+
+def main(args: Args) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    argv = ["--policy", args.policy, "--env", args.env, "--seed", str(args.seed), "--total-steps",
+            str(args.total_steps), "--torch-threads", "1", *shlex.split(args.train_args)]
+    cfg = tyro.cli(TrainConfig, default=PRESETS[args.preset], args=argv)
+    cfg = cfg.replace(log_dir=tempfile.mkdtemp(), checkpoint_interval=10 ** 9)
+    for part in (p for variant in args.variants for p in variant.split("+")):
+        parse_variant(part)  # every name checked before the long replay
+    trainer = ProbedTrainer(cfg)
+    history, best, snapshot = [], 0.0, None
+    while trainer.update < trainer.num_updates:
+        state = copy.deepcopy(trainer.state_dict())
+        row = trainer.one_update()
+        history.append(row)
+        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        broke = (row["update"] == args.at_update if args.at_update
+                 else best >= args.solved and row["approx_kl"] > args.kl)
+        best = max(best, row["return"]) if row["return"] == row["return"] else best
+        if broke:
+            snapshot = state
+            break
+    write_csv(os.path.join(args.out, "updates.csv"), history)
+    write_csv(os.path.join(args.out, "minibatches.csv"), trainer.rows)
+    if snapshot is None:
+        print("no breaking update found: nothing to re-run")
+        return
+    results = []
+    for variant in args.variants:
+        trainer.load_state_dict(copy.deepcopy(snapshot))
+        trainer.env.episode_stats()  # what the replay counted is not this variant's
+        apply_variant(trainer, variant, cfg)
+        rows = [trainer.one_update() for _ in range(1 + args.follow)]
+        results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
+                        "minibatches": rows[0]["minibatches"],
+                        **{f"return_{i}": r["return"] for i, r in enumerate(rows[1:], 1)}})
+        print(variant, " ".join(f"{k} {v:.3g}" for k, v in results[-1].items() if k != "variant"), flush=True)
+    write_csv(os.path.join(args.out, "variants.csv"), results)
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__))
