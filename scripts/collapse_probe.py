@@ -124,7 +124,18 @@ class ProbedTrainer(Trainer):
         stats = self.env.episode_stats()
         return {"update": self.update, "return": stats.get("return", float("nan")), "approx_kl": metrics["approx_kl"],
                 "kl_max": max(self.update_kls, default=0.0), "minibatches": len(self.update_kls),
-                "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"]}
+                "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"],
+                **update_summary([r for r in self.rows if r["update"] == self.update])}
+
+
+def update_summary(rows: list[dict]) -> dict:
+    """One update's minibatches in a few numbers: the advantages' mean spread before normalisation, the largest
+    gradient norm, and the ratio's extremes."""
+    if not rows:
+        return {}
+    return {"adv_std": sum(float(r["adv_std"]) for r in rows) / len(rows),
+            "grad_norm_max": max(float(r["grad_norm"]) for r in rows),
+            "ratio_min": min(float(r["ratio_min"]) for r in rows), "ratio_max": max(float(r["ratio_max"]) for r in rows)}
 
 
 PREFIXES = ("target_kl", "vf_clip", "beta2", "eps", "lr", "reshuffle")  # each followed by its number
