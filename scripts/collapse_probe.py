@@ -23,6 +23,10 @@ and the return of the rollouts after it. A variant changes the update from insid
     no_norm_adv     advantages as computed, not normalised per minibatch
     vf_clipX        value clip X around the rollout's values (e.g. vf_clip0.2)
     target_klX      skip the update's remaining minibatches once their mean approx_kl passes X (e.g. target_kl0.02)
+    scale_returns   advantages centred per minibatch and divided by the spread of the update's value targets
+                    (return-based scaling), not their own
+    scale_peak      advantages centred per minibatch and divided by the larger of their own spread and the largest
+                    spread of any earlier update (mean over its minibatches)
     reshuffleX      the same update with minibatches drawn from sampler seed X: a control, since any change to a
                     chaotic run may avoid one bad update by chance
     a+b             both changes
@@ -65,6 +69,9 @@ class Args:
     variants: list[str] = field(default_factory=lambda: [
         "base", "reshuffle1", "reshuffle2", "eps1e-8", "eps1e-5", "lr5e-4", "beta2_0.99", "no_norm_adv", "vf_clip0.2", "target_kl0.02"])
     out: str = "runs/collapse_probe"
+    reuse_snapshot: bool = False
+    """Start from --out's snapshot.pt (the state before the breaking update, saved by an earlier probe of the same
+    run) instead of replaying the run to it."""
 
 
 class ProbedTrainer(Trainer):
@@ -75,6 +82,7 @@ class ProbedTrainer(Trainer):
         super().__init__(cfg)
         self.rows: list[dict] = []
         self.target_kl = 0.0
+        self.adv_scale = ""  # "", "returns" or "peak": see the variants
         self.update_kls: list[float] = []
         self.train_step = self.probed_step
 
@@ -86,7 +94,14 @@ class ProbedTrainer(Trainer):
         if self.target_kl and self.update_kls and sum(self.update_kls) / len(self.update_kls) > self.target_kl:
             return None
         before = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+        raw = advantages
+        if self.adv_scale:  # the variant's own scaling; the loss then takes them as given (norm_adv off)
+            scale = (self.returns.std() if self.adv_scale == "returns" else
+                     max([float(advantages.std())] + [update_summary([r for r in self.rows if r["update"] == u])["adv_std"]
+                                                      for u in range(1, self.update + 1)]))
+            advantages = (advantages - advantages.mean()) / scale
         step = self.minibatch_step(index, weights, advantages)
+        advantages = raw
         kl = float(step["approx_kl"])
         self.update_kls.append(kl)
         moved = {n: float((p.detach() - before[n]).norm() / max(before[n].norm(), 0.01 * p.numel() ** 0.5))
@@ -143,7 +158,7 @@ PREFIXES = ("target_kl", "vf_clip", "beta2", "eps", "lr", "reshuffle")  # each f
 
 def parse_variant(name: str) -> tuple[str, float]:
     """(kind, number) of a variant's name; SystemExit naming the list for an unknown one."""
-    if name in ("base", "no_norm_adv"):
+    if name in ("base", "no_norm_adv", "scale_returns", "scale_peak"):
         return name, 0.0
     prefix = next((p for p in PREFIXES if name.startswith(p)), None)
     try:
@@ -155,7 +170,7 @@ def parse_variant(name: str) -> tuple[str, float]:
 def apply_variant(trainer: ProbedTrainer, name: str, cfg: TrainConfig) -> None:
     """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot (whose cfg and optimizer
     are the run's own)."""
-    trainer.cfg, trainer.target_kl = cfg, 0.0
+    trainer.cfg, trainer.target_kl, trainer.adv_scale = cfg, 0.0, ""
     for part in name.split("+"):
         apply_change(trainer, part)
 
@@ -180,6 +195,8 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
         trainer.target_kl = number
     elif kind == "reshuffle":
         trainer.sampler.manual_seed(int(number))
+    elif kind in ("scale_returns", "scale_peak"):
+        trainer.cfg, trainer.adv_scale = cfg.replace(norm_adv=False), kind.removeprefix("scale_")
 
 
 def main(args: Args) -> None:
@@ -191,6 +208,32 @@ def main(args: Args) -> None:
     for part in (p for variant in args.variants for p in variant.split("+")):
         parse_variant(part)  # every name checked before the long replay
     trainer = ProbedTrainer(cfg)
+    saved = os.path.join(args.out, "snapshot.pt")
+    if args.reuse_snapshot and os.path.exists(saved):  # the replay done before: straight to the variants
+        snapshot, trainer.rows = (lambda d: (d["state"], d["rows"]))(torch.load(saved, weights_only=False))
+    else:
+        snapshot = replay(trainer, args)
+        if snapshot is None:
+            print("no breaking update found: nothing to re-run")
+            return
+        torch.save({"state": snapshot, "rows": [r for r in trainer.rows if r["update"] < snapshot["update"] + 1]}, saved)
+    kept = [r for r in trainer.rows if r["update"] <= snapshot["update"]]  # what the peak scale reads
+    results = []
+    for variant in args.variants:
+        trainer.load_state_dict(copy.deepcopy(snapshot))
+        trainer.rows = list(kept)
+        trainer.env.episode_stats()  # what the replay counted is not this variant's
+        apply_variant(trainer, variant, cfg)
+        rows = [trainer.one_update() for _ in range(1 + args.follow)]
+        results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
+                        "minibatches": rows[0]["minibatches"],
+                        **{f"return_{i}": r["return"] for i, r in enumerate(rows[1:], 1)}})
+        print(variant, " ".join(f"{k} {v:.3g}" for k, v in results[-1].items() if k != "variant"), flush=True)
+    write_csv(os.path.join(args.out, "variants.csv"), results)
+
+
+def replay(trainer: ProbedTrainer, args: Args) -> dict | None:
+    """Run the run update by update to the breaking one (updates.csv, minibatches.csv); the state before it."""
     history, best, snapshot = [], 0.0, None
     while trainer.update < trainer.num_updates:
         state = copy.deepcopy(trainer.state_dict())
@@ -205,20 +248,7 @@ def main(args: Args) -> None:
             break
     write_csv(os.path.join(args.out, "updates.csv"), history)
     write_csv(os.path.join(args.out, "minibatches.csv"), trainer.rows)
-    if snapshot is None:
-        print("no breaking update found: nothing to re-run")
-        return
-    results = []
-    for variant in args.variants:
-        trainer.load_state_dict(copy.deepcopy(snapshot))
-        trainer.env.episode_stats()  # what the replay counted is not this variant's
-        apply_variant(trainer, variant, cfg)
-        rows = [trainer.one_update() for _ in range(1 + args.follow)]
-        results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
-                        "minibatches": rows[0]["minibatches"],
-                        **{f"return_{i}": r["return"] for i, r in enumerate(rows[1:], 1)}})
-        print(variant, " ".join(f"{k} {v:.3g}" for k, v in results[-1].items() if k != "variant"), flush=True)
-    write_csv(os.path.join(args.out, "variants.csv"), results)
+    return snapshot
 
 
 def write_csv(path: str, rows: list[dict]) -> None:

@@ -243,15 +243,19 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
     from trainer.config import PRESETS
     from trainer.loop import Trainer
 
-    args = tyro.cli(collapse_probe.Args, args=[
-        "--policy", "example", "--total-steps", "3072", "--train-args=--num-envs 16 --bptt 16 --minibatch-size 64",
-        "--at-update", "2", "--follow", "1", "--variants", "base", "lr0.01", "--out", str(tmp_path)])
+    run = ["--policy", "example", "--total-steps", "3072", "--train-args=--num-envs 16 --bptt 16 --minibatch-size 64",
+           "--at-update", "2", "--follow", "1", "--out", str(tmp_path)]
+    args = tyro.cli(collapse_probe.Args, args=[*run, "--variants", "base", "lr0.01", "scale_peak"])
     collapse_probe.main(args)
     updates = list(csv.DictReader(open(tmp_path / "updates.csv")))
     variants = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "variants.csv"))}
     assert [int(r["update"]) for r in updates] == [1, 2]
     assert float(variants["base"]["approx_kl"]) == float(updates[1]["approx_kl"])
     assert float(variants["lr0.01"]["approx_kl"]) != float(updates[1]["approx_kl"])
+    assert float(variants["scale_peak"]["approx_kl"]) != float(updates[1]["approx_kl"])
+    again = tyro.cli(collapse_probe.Args, args=[*run, "--reuse-snapshot", "--variants", "base"])
+    collapse_probe.main(again)  # from the saved state before update 2, without the replay
+    assert list(csv.DictReader(open(tmp_path / "variants.csv")))[0]["approx_kl"] == variants["base"]["approx_kl"]
     rows = list(csv.DictReader(open(tmp_path / "minibatches.csv")))
     assert len(rows) == 2 * 4 and all(float(r["adv_std"]) > 0 and float(r["top_moved"]) > 0 for r in rows)
 
