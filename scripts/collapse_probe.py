@@ -19,7 +19,8 @@ and the return of the rollouts after it. A variant changes the update from insid
     base            the run as it was (must repeat it exactly)
     epsX            Adam's epsilon X (e.g. eps1e-8, eps1e-5)
     lrX             learning rate X (e.g. lr5e-4)
-    beta2X          Adam's beta2 X (e.g. beta2_0.99)
+    beta1X, beta2X  Adam's beta1 or beta2 X (e.g. beta2_0.99; beta1_0.99+beta2_0.99: equal betas)
+    entX            entropy bonus weight X (e.g. ent0)
     no_norm_adv     advantages as computed, not normalised per minibatch
     vf_clipX        value clip X around the rollout's values (e.g. vf_clip0.2)
     target_klX      skip the update's remaining minibatches once their mean approx_kl passes X (e.g. target_kl0.02)
@@ -153,7 +154,7 @@ def update_summary(rows: list[dict]) -> dict:
             "ratio_min": min(float(r["ratio_min"]) for r in rows), "ratio_max": max(float(r["ratio_max"]) for r in rows)}
 
 
-PREFIXES = ("target_kl", "vf_clip", "beta2", "eps", "lr", "reshuffle")  # each followed by its number
+PREFIXES = ("target_kl", "vf_clip", "beta1", "beta2", "eps", "lr", "reshuffle", "ent")  # each followed by its number
 
 
 def parse_variant(name: str) -> tuple[str, float]:
@@ -182,9 +183,14 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
     if kind == "eps":
         for g in groups:
             g["eps"] = number
+    elif kind == "beta1":
+        for g in groups:
+            g["betas"] = (number, g["betas"][1])
     elif kind == "beta2":
         for g in groups:
             g["betas"] = (g["betas"][0], number)
+    elif kind == "ent":
+        trainer.cfg = cfg.replace(ent_coef=number)
     elif kind == "lr":
         trainer.cfg = cfg.replace(learning_rate=number)
     elif kind == "no_norm_adv":
