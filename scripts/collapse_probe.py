@@ -4,7 +4,7 @@ each candidate cure.
     python scripts/collapse_probe.py --policy example --seed 5 --train-args="--num-envs 256"
     python scripts/collapse_probe.py --policy fast --seed 4 --at-update 42 --variants base eps1e-5 target_kl0.02
 
-The run is scripts/train.py's (the cpu preset on memory unless --train-args says otherwise), one torch thread,
+The run is scripts/train.py's (--preset, memory unless --env says otherwise, with --train-args), one torch thread,
 replayed update by update in this process: runs are deterministic on one machine, so it follows the very run a
 learning benchmark made with the same options, and the per-update lines show it (return, approx_kl).
 Every minibatch of every update is logged (minibatches.csv): the advantages before normalisation (the policy loss
@@ -28,8 +28,8 @@ and the return of the rollouts after it. A variant changes the update from insid
                     (return-based scaling), not their own
     scale_peak      advantages centred per minibatch and divided by the larger of their own spread and the largest
                     spread of any earlier update (mean over its minibatches)
-    reshuffleX      the same update with minibatches drawn from sampler seed X: a control, since any change to a
-                    chaotic run may avoid one bad update by chance
+    reshuffleX      the same update with its minibatches drawn again, from sampler seed X (another draw of its
+                    segments): a control, since any change to a chaotic run may avoid one bad update by chance
     a+b             both changes
 """
 
@@ -47,6 +47,7 @@ import torch
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train import parse_config  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
 
@@ -57,6 +58,7 @@ class Args:
     seed: int = 0
     env: str = "memory"
     preset: str = "cpu"
+    """scripts/train.py's preset."""
     total_steps: int = 2_000_000
     """The run's length (it sets the number of updates, which an annealed learning rate reads)."""
     train_args: str = "--num-envs 256"
@@ -64,12 +66,16 @@ class Args:
     at_update: int = 0
     """The update to take apart (1-based, as train.py prints it); 0: the first past --solved with approx_kl > --kl."""
     solved: float = 0.95
+    """Without --at-update: the return after which a run counts as solved."""
     kl: float = 0.1
+    """Without --at-update: the approx_kl that marks the breaking update."""
     follow: int = 6
     """Updates each variant runs after the breaking one."""
     variants: list[str] = field(default_factory=lambda: [
         "base", "reshuffle1", "reshuffle2", "eps1e-8", "eps1e-5", "lr5e-4", "beta2_0.99", "no_norm_adv", "vf_clip0.2", "target_kl0.02"])
+    """The variants to re-run the breaking update under (the list above)."""
     out: str = "runs/collapse_probe"
+    """Folder of the CSVs and the snapshot (one per probed run: two probes at once need two folders)."""
     reuse_snapshot: bool = False
     """Start from --out's snapshot.pt (the state before the breaking update, saved by an earlier probe of the same
     run) instead of replaying the run to it."""
@@ -84,6 +90,7 @@ class ProbedTrainer(Trainer):
         self.rows: list[dict] = []
         self.target_kl = 0.0
         self.adv_scale = ""  # "", "returns" or "peak": see the variants
+        self.peak_spread = 0.0  # the largest advantage spread (mean over an update's minibatches) of any update so far
         self.update_kls: list[float] = []
         self.train_step = self.probed_step
 
@@ -95,16 +102,16 @@ class ProbedTrainer(Trainer):
         if self.target_kl and self.update_kls and sum(self.update_kls) / len(self.update_kls) > self.target_kl:
             return None
         before = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
-        raw = advantages
+        scaled = advantages
         if self.adv_scale:  # the variant's own scaling; the loss then takes them as given (norm_adv off)
-            scale = (self.returns.std() if self.adv_scale == "returns" else
-                     max([float(advantages.std())] + [update_summary([r for r in self.rows if r["update"] == u])["adv_std"]
-                                                      for u in range(1, self.update + 1)]))
-            advantages = (advantages - advantages.mean()) / scale
-        step = self.minibatch_step(index, weights, advantages)
-        advantages = raw
+            scale = self.returns.std() if self.adv_scale == "returns" else max(float(advantages.std()), self.peak_spread)
+            scaled = (advantages - advantages.mean()) / scale
+        step = self.minibatch_step(index, weights, scaled)
+        if step is None:  # skipped: --nonfinite skip found a number that is not finite
+            return None
         kl = float(step["approx_kl"])
         self.update_kls.append(kl)
+        # relative to the parameter's size, floored so that a bias that starts at 0 is not infinitely "moved"
         moved = {n: float((p.detach() - before[n]).norm() / max(before[n].norm(), 0.01 * p.numel() ** 0.5))
                  for n, p in self.policy.named_parameters()}
         top = max(moved, key=moved.get)
@@ -138,10 +145,12 @@ class ProbedTrainer(Trainer):
         self.health()
         metrics = self.learn()
         stats = self.env.episode_stats()
+        summary = update_summary([r for r in self.rows if r["update"] == self.update])
+        self.peak_spread = max(self.peak_spread, summary.get("adv_std", 0.0))
         return {"update": self.update, "return": stats.get("return", float("nan")), "approx_kl": metrics["approx_kl"],
                 "kl_max": max(self.update_kls, default=0.0), "minibatches": len(self.update_kls),
                 "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"],
-                **update_summary([r for r in self.rows if r["update"] == self.update])}
+                **summary}
 
 
 def update_summary(rows: list[dict]) -> dict:
@@ -154,23 +163,37 @@ def update_summary(rows: list[dict]) -> dict:
             "ratio_min": min(float(r["ratio_min"]) for r in rows), "ratio_max": max(float(r["ratio_max"]) for r in rows)}
 
 
-PREFIXES = ("target_kl", "vf_clip", "beta1", "beta2", "eps", "lr", "reshuffle", "ent")  # each followed by its number
+# each variant with a number: its prefix, the number's test and the rule it must meet
+NUMBERED = {"target_kl": (lambda v: v > 0, "a positive approx_kl"), "vf_clip": (lambda v: v > 0, "a positive clip"),
+            "beta1": (lambda v: 0 <= v < 1, "a beta in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "a beta in [0, 1)"),
+            "eps": (lambda v: v > 0, "a positive epsilon"), "lr": (lambda v: v > 0, "a positive learning rate"),
+            "reshuffle": (lambda v: v >= 0 and v == int(v), "a seed: a whole number of 0 or more"),
+            "ent": (lambda v: v >= 0, "an entropy weight of 0 or more")}
+PLAIN = ("base", "no_norm_adv", "scale_returns", "scale_peak")
 
 
 def parse_variant(name: str) -> tuple[str, float]:
-    """(kind, number) of a variant's name; SystemExit naming the list for an unknown one."""
-    if name in ("base", "no_norm_adv", "scale_returns", "scale_peak"):
+    """(kind, number) of one variant's name; SystemExit naming the fix for an unknown one or a bad number."""
+    if name in PLAIN:
         return name, 0.0
-    prefix = next((p for p in PREFIXES if name.startswith(p)), None)
+    prefix = next((p for p in NUMBERED if name.startswith(p)), None)
+    if prefix is None:
+        raise SystemExit(f"error: unknown variant {name!r}: use one of {list(PLAIN)}, or one of {list(NUMBERED)} "
+                         "followed by its number (e.g. eps1e-5)")
+    text = name[len(prefix):].lstrip("_")
     try:
-        return prefix, float(name[len(prefix):].lstrip("_"))
-    except (TypeError, ValueError):
-        raise SystemExit(f"error: unknown variant {name!r}; see --help for the list") from None
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    ok, rule = NUMBERED[prefix]
+    if not ok(number):  # NaN fails every test
+        raise SystemExit(f"error: variant {name!r}: {prefix} takes {rule}, not {text!r}")
+    return prefix, number
 
 
 def apply_variant(trainer: ProbedTrainer, name: str, cfg: TrainConfig) -> None:
-    """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot (whose cfg and optimizer
-    are the run's own)."""
+    """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot: its optimizer is the run's
+    own again, and its cfg becomes the run's `cfg` here before the changes."""
     trainer.cfg, trainer.target_kl, trainer.adv_scale = cfg, 0.0, ""
     for part in name.split("+"):
         apply_change(trainer, part)
@@ -206,36 +229,66 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
 
 
 def main(args: Args) -> None:
-    os.makedirs(args.out, exist_ok=True)
-    argv = ["--policy", args.policy, "--env", args.env, "--seed", str(args.seed), "--total-steps",
-            str(args.total_steps), "--torch-threads", "1", *shlex.split(args.train_args)]
-    cfg = tyro.cli(TrainConfig, default=PRESETS[args.preset], args=argv)
-    cfg = cfg.replace(log_dir=tempfile.mkdtemp(), checkpoint_interval=10 ** 9)
+    if args.preset not in PRESETS:
+        raise SystemExit(f"error: --preset {args.preset!r}: choose one of {sorted(PRESETS)}")
+    if args.at_update < 0 or args.follow < 0:
+        raise SystemExit("error: --at-update and --follow take a number of updates, 0 or more")
     for part in (p for variant in args.variants for p in variant.split("+")):
         parse_variant(part)  # every name checked before the long replay
-    trainer = ProbedTrainer(cfg)
+    argv = ["--policy", args.policy, "--env", args.env, "--seed", str(args.seed), "--total-steps",
+            str(args.total_steps), "--torch-threads", "1", *shlex.split(args.train_args)]
+    cfg, _ = parse_config(args.preset, argv)
+    if cfg.cuda_graphs:
+        raise SystemExit("error: the probe measures each minibatch's step from outside, which a recorded update "
+                         "would not run: leave --cuda-graphs out")
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as logs:
+        try:
+            trainer = ProbedTrainer(cfg.replace(log_dir=logs, checkpoint_interval=10 ** 9))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        if args.at_update > trainer.num_updates:
+            raise SystemExit(f"error: --at-update {args.at_update}: the run has {trainer.num_updates} updates")
+        results = probe(trainer, cfg, args, run=[args.preset, args.at_update, *argv])
+    if results:
+        write_csv(os.path.join(args.out, "variants.csv"), results)
+
+
+def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> list[dict]:
+    """Each variant's re-run of the breaking update from the state before it (replayed, or --reuse-snapshot's)."""
     saved = os.path.join(args.out, "snapshot.pt")
-    if args.reuse_snapshot and os.path.exists(saved):  # the replay done before: straight to the variants
-        snapshot, trainer.rows = (lambda d: (d["state"], d["rows"]))(torch.load(saved, weights_only=False))
+    if args.reuse_snapshot:
+        if not os.path.exists(saved):
+            raise SystemExit(f"error: --reuse-snapshot: there is no {saved}; run the probe once without it")
+        loaded = torch.load(saved, weights_only=False)
+        if loaded["run"] != run:
+            raise SystemExit(f"error: --reuse-snapshot: {saved} is the state of another run ({loaded['run']}); "
+                             "give that run's options, or another --out")
+        snapshot, trainer.rows = loaded["state"], loaded["rows"]
     else:
         snapshot = replay(trainer, args)
         if snapshot is None:
             print("no breaking update found: nothing to re-run")
-            return
-        torch.save({"state": snapshot, "rows": [r for r in trainer.rows if r["update"] < snapshot["update"] + 1]}, saved)
-    kept = [r for r in trainer.rows if r["update"] <= snapshot["update"]]  # what the peak scale reads
+            return []
+        trainer.rows = [r for r in trainer.rows if r["update"] <= snapshot["update"]]  # what came before it
+        torch.save({"run": run, "state": snapshot, "rows": trainer.rows}, saved)
+    if snapshot["update"] + 1 + args.follow > trainer.num_updates:
+        raise SystemExit(f"error: --follow {args.follow}: the run has {trainer.num_updates} updates, and the breaking "
+                         f"one is update {snapshot['update'] + 1}; follow fewer")
+    before = list(trainer.rows)
     results = []
     for variant in args.variants:
-        trainer.load_state_dict(copy.deepcopy(snapshot))
-        trainer.rows = list(kept)
-        trainer.env.episode_stats()  # what the replay counted is not this variant's
+        trainer.load_state_dict(copy.deepcopy(snapshot))  # the env's episode counts too: nothing of the last variant
+        trainer.rows = list(before)
+        trainer.peak_spread = max([update_summary([r for r in before if r["update"] == u])["adv_std"]
+                                   for u in {r["update"] for r in before}], default=0.0)
         apply_variant(trainer, variant, cfg)
         rows = [trainer.one_update() for _ in range(1 + args.follow)]
         results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
                         "minibatches": rows[0]["minibatches"],
                         **{f"return_{i}": r["return"] for i, r in enumerate(rows[1:], 1)}})
         print(variant, " ".join(f"{k} {v:.3g}" for k, v in results[-1].items() if k != "variant"), flush=True)
-    write_csv(os.path.join(args.out, "variants.csv"), results)
+    return results
 
 
 def replay(trainer: ProbedTrainer, args: Args) -> dict | None:

@@ -15,8 +15,8 @@ is shown beside it. Per task and configuration, over seeds (mean ± sd):
     ev, kl, clip     explained variance, approx_kl and clip fraction over the last 10% of updates
 
 and for the arena, each seed's hearts per agent-episode over the last 10% of updates; for memory, where each seed
-learns the cue or not, the step at which each seed's return first passed 95% of the scripted score, and each fall
-of more than 0.2 below its best after that (a collapse).
+learns the cue or not, the step at which each seed's return first passed PASS_MARK of the scripted score, and each
+fall of more than DROP below its best after that (a collapse).
 
 Writes --out/summary.md and --out/learning.png (needs the plots extra).
 """
@@ -145,7 +145,7 @@ def passed(steps: list[int], values: list[float], mark: float, drop: float) -> t
     first = next((step for step, value in zip(steps, values) if value >= mark), None)
     falls, best, down = [], -math.inf, False
     for step, value in zip(steps, values):
-        if first is None or step < first:
+        if first is None or step < first or not math.isfinite(value):  # a NaN return is no fall and no recovery
             continue
         best = max(best, value)
         if best - value > drop and not down:
@@ -187,8 +187,8 @@ def table(results: list[tuple[list[dict], dict]], header: str, window: float = 0
     marked = [row for rows, _ in results for row in rows if row.get("passed")]
     if marked:
         lines += ["", "Each seed's first update past the pass mark (fractions of the scripted score, per update), by seed "
-                  "from seed 0, and the collapses after it (a fall of more than 0.2 below the best so far: step, best "
-                  "-> return):"]
+                  f"from seed 0, and the collapses after it (a fall of more than {DROP} below the best so far: step, "
+                  "best -> return):"]
         for row in marked:
             firsts = ", ".join("-" if first is None else f"{first / 1e6:.2f}M" for first, _ in row["passed"].values())
             falls = [f"seed {seed} at {step / 1e6:.2f}M ({best:.2f} -> {value:.2f})"

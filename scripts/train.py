@@ -29,10 +29,7 @@ def main() -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
     known, rest = pre.parse_known_args()
-    cfg = tyro.cli(TrainConfig, default=PRESETS[known.preset], args=rest, description=__doc__)
-    given = options_given(rest)
-    if "minibatch_size" in given and "minibatches" not in given:  # a size asked for replaces a preset's count
-        cfg = cfg.replace(minibatches=0)
+    cfg, given = parse_config(known.preset, rest)
     try:
         trainer = Trainer(cfg, given=given)
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
@@ -54,6 +51,15 @@ def main() -> None:
         print(f"saved {trainer.checkpoint_path}")
     if trainer.interrupted:
         sys.exit(128 + trainer.interrupted)  # the shell's code for the signal: whoever started the run can tell
+
+
+def parse_config(preset: str, args: list[str]) -> tuple[TrainConfig, tuple[str, ...]]:
+    """The preset with the command line's options over it, and the options the command line named."""
+    cfg = tyro.cli(TrainConfig, default=PRESETS[preset], args=args, description=__doc__)
+    given = options_given(args)
+    if "minibatch_size" in given and "minibatches" not in given:  # a size asked for replaces a preset's count
+        cfg = cfg.replace(minibatches=0)
+    return cfg, given
 
 
 def options_given(args: list[str]) -> tuple[str, ...]:

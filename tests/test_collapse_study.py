@@ -230,9 +230,10 @@ def test_curves_of_a_study_without_a_finished_run_are_refused_by_name(tmp_path):
         read_curves(str(tmp_path))
 
 
-def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly(tmp_path, monkeypatch):
-    """scripts/collapse_probe.py follows the very run train.py makes (its per-update numbers are the run's), and from
-    the snapshot before the update it takes apart, `base` repeats it to the last bit; another variant changes it."""
+def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly(tmp_path):
+    """scripts/collapse_probe.py follows the very run train.py makes (its per-update numbers are the run's); from the
+    snapshot before the update it takes apart, `base` repeats it to the last bit after other variants ran (each is
+    undone), the others change it; --reuse-snapshot starts from the saved state of the same run only."""
     import csv
 
     import tyro
@@ -243,24 +244,33 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
     from trainer.config import PRESETS
     from trainer.loop import Trainer
 
+    def read(name):
+        with open(tmp_path / name) as f:
+            return list(csv.DictReader(f))
+
     run = ["--policy", "example", "--total-steps", "3072", "--train-args=--num-envs 16 --bptt 16 --minibatch-size 64",
            "--at-update", "2", "--follow", "1", "--out", str(tmp_path)]
-    args = tyro.cli(collapse_probe.Args, args=[*run, "--variants", "base", "lr0.01", "scale_peak"])
-    collapse_probe.main(args)
-    updates = list(csv.DictReader(open(tmp_path / "updates.csv")))
-    variants = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "variants.csv"))}
+    others = ["lr0.01", "eps1e-3", "beta2_0.9", "reshuffle3", "target_kl1e-6", "scale_peak", "no_norm_adv+ent0.1"]
+    collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--variants", *others, "base"]))
+    updates, variants = read("updates.csv"), {r["variant"]: r for r in read("variants.csv")}
     assert [int(r["update"]) for r in updates] == [1, 2]
-    assert float(variants["base"]["approx_kl"]) == float(updates[1]["approx_kl"])
-    assert float(variants["lr0.01"]["approx_kl"]) != float(updates[1]["approx_kl"])
-    assert float(variants["scale_peak"]["approx_kl"]) != float(updates[1]["approx_kl"])
-    again = tyro.cli(collapse_probe.Args, args=[*run, "--reuse-snapshot", "--variants", "base"])
-    collapse_probe.main(again)  # from the saved state before update 2, without the replay
-    assert list(csv.DictReader(open(tmp_path / "variants.csv")))[0]["approx_kl"] == variants["base"]["approx_kl"]
-    rows = list(csv.DictReader(open(tmp_path / "minibatches.csv")))
+    assert variants["base"]["approx_kl"] == updates[1]["approx_kl"]
+    assert all(variants[v]["approx_kl"] != updates[1]["approx_kl"] for v in others)
+    assert int(variants["target_kl1e-6"]["minibatches"]) == 2  # the first minibatch's KL is 0; the second's passes it
+    rows = read("minibatches.csv")
     assert len(rows) == 2 * 4 and all(float(r["adv_std"]) > 0 and float(r["top_moved"]) > 0 for r in rows)
 
     cfg = PRESETS["cpu"].replace(policy="example", env="memory", total_steps=3072, num_envs=16, bptt=16,
                                  minibatch_size=64, torch_threads=1, log_dir=str(tmp_path / "tb"))
-    plain = Trainer(cfg)
-    kls = [plain.train(1, quiet=True)[0]["approx_kl"] for _ in range(2)]
-    assert kls == [float(r["approx_kl"]) for r in updates]
+    plain = [m for m in Trainer(cfg).train(3, quiet=True)]
+    assert [m["approx_kl"] for m in plain[:2]] == [float(r["approx_kl"]) for r in updates]
+    assert plain[2]["episode/return"] == float(variants["base"]["return_1"])
+
+    os.remove(tmp_path / "updates.csv")
+    collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--reuse-snapshot", "--variants", "base"]))
+    assert not os.path.exists(tmp_path / "updates.csv")  # no replay: the saved state before update 2
+    assert read("variants.csv")[0]["approx_kl"] == variants["base"]["approx_kl"]
+    with pytest.raises(SystemExit, match="another run"):
+        collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--seed", "1", "--reuse-snapshot"]))
+    with pytest.raises(SystemExit, match="beta2 takes a beta in"):
+        collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--variants", "beta2_1"]))
