@@ -92,10 +92,11 @@ class ProbedTrainer(Trainer):
         self.adv_scale = ""  # "", "returns" or "peak": see the variants
         self.peak_spread = 0.0  # the largest advantage spread (mean over an update's minibatches) of any update so far
         self.update_kls: list[float] = []
+        self.update_rows = 0
         self.train_step = self.probed_step
 
     def learn(self):
-        self.update_kls = []
+        self.update_kls, self.update_rows = [], len(self.rows)  # this update's minibatches start here
         return super().learn()
 
     def probed_step(self, index, weights, advantages):
@@ -141,11 +142,13 @@ class ProbedTrainer(Trainer):
         return step
 
     def one_update(self) -> dict:
+        """One update as Trainer.train runs it (rollout, health, learn, episode statistics), without its logs and
+        checkpoint writes; its numbers."""
         self.rollout()
         self.health()
         metrics = self.learn()
         stats = self.env.episode_stats()
-        summary = update_summary([r for r in self.rows if r["update"] == self.update])
+        summary = update_summary(self.rows[self.update_rows:])
         self.peak_spread = max(self.peak_spread, summary.get("adv_std", 0.0))
         return {"update": self.update, "return": stats.get("return", float("nan")), "approx_kl": metrics["approx_kl"],
                 "kl_max": max(self.update_kls, default=0.0), "minibatches": len(self.update_kls),
@@ -276,12 +279,12 @@ def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> li
         raise SystemExit(f"error: --follow {args.follow}: the run has {trainer.num_updates} updates, and the breaking "
                          f"one is update {snapshot['update'] + 1}; follow fewer")
     before = list(trainer.rows)
+    peak = max([update_summary([r for r in before if r["update"] == u])["adv_std"] for u in {r["update"] for r in before}],
+               default=0.0)
     results = []
     for variant in args.variants:
         trainer.load_state_dict(copy.deepcopy(snapshot))  # the env's episode counts too: nothing of the last variant
-        trainer.rows = list(before)
-        trainer.peak_spread = max([update_summary([r for r in before if r["update"] == u])["adv_std"]
-                                   for u in {r["update"] for r in before}], default=0.0)
+        trainer.rows, trainer.peak_spread = list(before), peak
         apply_variant(trainer, variant, cfg)
         rows = [trainer.one_update() for _ in range(1 + args.follow)]
         results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
