@@ -21,6 +21,7 @@ and the return of the rollouts after it. A variant changes the update from insid
     lrX             learning rate X (e.g. lr5e-4)
     beta1X, beta2X  Adam's beta1 or beta2 X (e.g. beta2_0.99; beta1_0.99+beta2_0.99: equal betas)
     entX            entropy bonus weight X (e.g. ent0)
+    klX             a KL penalty of weight X in the loss (--kl-coef; e.g. kl1)
     no_norm_adv     advantages as computed, not normalised per minibatch
     vf_clipX        value clip X around the rollout's values (e.g. vf_clip0.2)
     target_klX      skip the update's remaining minibatches once their mean approx_kl passes X (e.g. target_kl0.02)
@@ -171,7 +172,8 @@ NUMBERED = {"target_kl": (lambda v: v > 0, "a positive approx_kl"), "vf_clip": (
             "beta1": (lambda v: 0 <= v < 1, "a beta in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "a beta in [0, 1)"),
             "eps": (lambda v: v > 0, "a positive epsilon"), "lr": (lambda v: v > 0, "a positive learning rate"),
             "reshuffle": (lambda v: v >= 0 and v == int(v), "a seed: a whole number of 0 or more"),
-            "ent": (lambda v: v >= 0, "an entropy weight of 0 or more")}
+            "ent": (lambda v: v >= 0, "an entropy weight of 0 or more"),
+            "kl": (lambda v: v >= 0, "a KL weight of 0 or more")}
 PLAIN = ("base", "no_norm_adv", "scale_returns", "scale_peak")
 
 
@@ -217,6 +219,8 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
             g["betas"] = (g["betas"][0], number)
     elif kind == "ent":
         trainer.cfg = cfg.replace(ent_coef=number)
+    elif kind == "kl":
+        trainer.cfg = cfg.replace(kl_coef=number)
     elif kind == "lr":
         trainer.cfg = cfg.replace(learning_rate=number)
     elif kind == "no_norm_adv":

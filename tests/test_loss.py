@@ -55,6 +55,22 @@ def test_clipfrac_and_approx_kl_by_hand():
     assert out.ratio.tolist() == pytest.approx(ratios.tolist())
 
 
+
+@pytest.mark.parametrize("ratio", [0.5, 1e-4])  # past the clip (0.8): the surrogate's gradient is 0 there
+def test_the_kl_penalty_pulls_back_a_step_past_the_clip(ratio):
+    """Guards against a penalty with the wrong sign, on the wrong quantity, or that only the clip range sees. With a
+    negative advantage and the ratio below the clip the surrogate is flat; the penalty c · ((r − 1) − log r) adds
+    c · (r − 1) / n to the gradient in log r, negative: gradient descent raises log r, back towards 1."""
+    new_log_prob = torch.tensor([math.log(ratio), 0.0], requires_grad=True)
+    off = loss_of(new_log_prob, torch.tensor([-1.0, 1.0]), ent_coef=0.0, vf_coef=0.0)
+    on = loss_of(new_log_prob, torch.tensor([-1.0, 1.0]), ent_coef=0.0, vf_coef=0.0, kl_coef=2.0)
+    kl = ((ratio - 1) - math.log(ratio)) / 2
+    assert on.approx_kl.item() == off.approx_kl.item() == pytest.approx(kl, rel=1e-5)
+    assert on.loss.item() == pytest.approx(off.loss.item() + 2.0 * kl, rel=1e-5)
+    on.loss.backward()
+    assert new_log_prob.grad[0].item() == pytest.approx(2.0 * (ratio - 1) / 2, rel=1e-5)
+    assert new_log_prob.grad[0].item() < 0
+
 def test_advantages_are_normalised_with_their_mean_removed_before_the_weights():
     """Guards against normalising without subtracting the mean, dividing by the wrong spread, or weighting before
     normalising."""

@@ -238,6 +238,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"env": "maze"}, "unknown task 'maze'"),
     ({"faults": "no_relu,typo"}, "unknown fault 'typo'"),
     ({"inventory_norm": -1.0}, r"inventory_norm=-1.0: use 0 \(the env's divisor\)"),
+    ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
 ])
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -43,6 +43,7 @@ RULES = (
     ("vf_clip_coef", POSITIVE, "use a positive value clip"),
     ("vf_coef", AT_LEAST_0, "use a value-loss weight of 0 or more"),
     ("ent_coef", AT_LEAST_0, "use an entropy weight of 0 or more (a negative one rewards certainty)"),
+    ("kl_coef", AT_LEAST_0, "use a KL weight of 0 (off) or more"),
     ("max_grad_norm", POSITIVE, "use a positive gradient-norm clip"),
     ("prio_alpha", AT_LEAST_0, "use 0 (uniform) or more"),
     ("prio_beta0", FRACTION, "use a value in [0, 1]"),
@@ -119,6 +120,9 @@ class TrainConfig:
     """Value loss weight."""
     ent_coef: float = 1.61e-3
     """Entropy bonus weight."""
+    kl_coef: float = 0.0
+    """Weight of a penalty on the KL from the acting policy (approx_kl, per minibatch), which pulls back a step
+    that went past the clip; 0: off (Metta's)."""
     norm_adv: bool = True
     """Normalise the advantages to mean 0 and standard deviation 1 over each minibatch (Metta's); off: the policy
     loss takes them as computed, so its scale follows the rewards'."""

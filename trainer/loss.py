@@ -6,7 +6,8 @@
     pg_loss    = mean max(−Â · ratio, −Â · clip(ratio, 1 − ε, 1 + ε))
     V_clipped  = V_old + clip(V − V_old, −ε_V, ε_V)
     v_loss     = ½ · mean max((V − R)², (V_clipped − R)²)
-    loss       = pg_loss + c_V · v_loss − c_H · mean entropy
+    kl         = mean (ratio − 1) − log ratio                 KL(μ ‖ π) per step, estimated from the action taken
+    loss       = pg_loss + c_V · v_loss − c_H · mean entropy + c_KL · kl
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def normalize(advantages: torch.Tensor) -> torch.Tensor:
 
 def ppo_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
              values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor, *,
-             clip_coef: float, vf_clip_coef: float, vf_coef: float, ent_coef: float, norm_adv: bool = True) -> PPOLoss:
+             clip_coef: float, vf_clip_coef: float, vf_coef: float, ent_coef: float, kl_coef: float = 0.0,
+             norm_adv: bool = True) -> PPOLoss:
     """Every tensor is per step ([segments, bptt] or any shape) except `weights`, one per segment ([segments])."""
     # policy: the clipped surrogate, on (normalised) advantages weighted by the sampling's importance weights
     log_ratio = new_log_prob - old_log_prob
@@ -45,11 +47,14 @@ def ppo_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages:
     v_clipped = old_values + (values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
     v_loss = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2).mean()
 
-    # entropy bonus
+    # entropy bonus; a pull back to the acting policy, whose gradient grows where the clipped surrogate's is 0
     entropy = entropy.mean()
+    kl = ((ratio - 1) - log_ratio).mean()  # KL(μ || π), what approx_kl reports
     loss = pg_loss + vf_coef * v_loss - ent_coef * entropy
+    if kl_coef:
+        loss = loss + kl_coef * kl
 
-    with torch.no_grad():  # how far this minibatch's policy moved: KL(μ || π) estimated as E[(r − 1) − log r]
-        approx_kl = ((ratio - 1) - log_ratio).mean()
+    with torch.no_grad():
+        approx_kl = kl.detach()
         clipfrac = ((ratio - 1).abs() > clip_coef).float().mean()
     return PPOLoss(loss, pg_loss, v_loss, entropy, ratio, approx_kl, clipfrac)

@@ -134,7 +134,7 @@ class PPO:
         out = ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
                        new["values"], minibatch["values"], self.returns[index], new["entropy"],
                        clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
-                       ent_coef=cfg.ent_coef, norm_adv=cfg.norm_adv)
+                       ent_coef=cfg.ent_coef, kl_coef=cfg.kl_coef, norm_adv=cfg.norm_adv)
 
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
