@@ -16,7 +16,8 @@ is shown beside it. Per task and configuration, over seeds (mean ± sd):
 
 and for the arena, each seed's hearts per agent-episode over the last 10% of updates; for memory, where each seed
 learns the cue or not, the step at which each seed's return first passed PASS_MARK of the scripted score, and each
-fall of more than DROP below its best after that (a collapse).
+fall of more than DROP below its best after that (a collapse), judged per update (per POOL_STEPS agent steps where
+updates are shorter).
 
 Writes --out/summary.md and --out/learning.png (needs the plots extra).
 """
@@ -43,8 +44,10 @@ EPISODES = {"nav": 400, "memory": 400, "arena": 24}  # agent-episodes for the sc
 # The arena's return is mostly ore, up to the reward's cap: whether the chain is learned shows in its hearts.
 HEARTS = ("arena",)
 # Memory is learned all or nothing: each seed's first update past the pass mark, and any fall after it of more than
-# DROP below its best so far (a collapse), both per update, unsmoothed.
-PASS_MARK, DROP = {"memory": 0.95}, 0.2
+# DROP below its best so far (a collapse), both per update, unsmoothed; the return of an update shorter than
+# POOL_STEPS agent steps (bptt 16 at 256 maps) is pooled with the next ones': a rollout of a few steps ends a handful
+# of episodes, whose 1.0 or 0.0 is no pass or fall.
+PASS_MARK, DROP, POOL_STEPS = {"memory": 0.95}, 0.2, 4_096
 
 
 @dataclass
@@ -131,11 +134,25 @@ def task_rows(task: str, out: str, window: float) -> tuple[list[dict], dict, dic
             if task in HEARTS:
                 row["hearts"] = [tail_mean([curves[(config, s)]["episode/heart_gained"][1]], window) for s in seeds]
             if task in PASS_MARK:
-                row["passed"] = {s: passed(curves[(config, s)]["episode/return"][0],
-                                           [v / scores["scripted"] for v in curves[(config, s)]["episode/return"][1]],
-                                           PASS_MARK[task], DROP) for s in seeds}
+                row["passed"] = {s: passed(*pooled(curves[(config, s)]["episode/return"][0],
+                                                   [v / scores["scripted"] for v in curves[(config, s)]["episode/return"][1]],
+                                                   POOL_STEPS), PASS_MARK[task], DROP) for s in seeds}
         rows.append(row)
     return rows, scores, curves
+
+
+def pooled(steps: list[int], values: list[float], min_steps: int) -> tuple[list[int], list[float]]:
+    """Consecutive updates' returns averaged until together they span at least `min_steps` agent steps: (the last
+    step of each pool, its mean of the finite returns, NaN if none); a last pool shorter than that is left out."""
+    ends, means, start, pool = [], [], 0, []
+    for step, value in zip(steps, values):
+        pool.append(value)
+        if step - start >= min_steps:
+            finite = [v for v in pool if math.isfinite(v)]
+            ends.append(step)
+            means.append(sum(finite) / len(finite) if finite else math.nan)
+            start, pool = step, []
+    return ends, means
 
 
 def passed(steps: list[int], values: list[float], mark: float, drop: float) -> tuple[int | None, list[tuple]]:
@@ -186,9 +203,9 @@ def table(results: list[tuple[list[dict], dict]], header: str, window: float = 0
         lines += [f"- {row['task']} {row['config']}: {', '.join(f'{h:.2f}' for h in row['hearts'])}" for row in hearts]
     marked = [row for rows, _ in results for row in rows if row.get("passed")]
     if marked:
-        lines += ["", "Each seed's first update past the pass mark (fractions of the scripted score, per update), by seed "
-                  f"from seed 0, and the collapses after it (a fall of more than {DROP} below the best so far: step, "
-                  "best -> return):"]
+        lines += ["", "Each seed's first update past the pass mark (fractions of the scripted score, per update or per "
+                  f"{POOL_STEPS:,} agent steps where updates are shorter), by seed from seed 0, and the collapses after "
+                  f"it (a fall of more than {DROP} below the best so far: step, best -> return):"]
         for row in marked:
             firsts = ", ".join("-" if first is None else f"{first / 1e6:.2f}M" for first, _ in row["passed"].values())
             falls = [f"seed {seed} at {step / 1e6:.2f}M ({best:.2f} -> {value:.2f})"

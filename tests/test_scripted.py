@@ -70,6 +70,10 @@ def test_learning_bench_names_each_seeds_pass_and_every_collapse_after_it():
     assert learning_bench.passed(steps, [0.96, 0.77] + [0.9] * 7, 0.95, 0.2) == (1000, [])  # 0.19 below: not one
     nan = float("nan")  # a NaN neither falls nor recovers: one fall, counted once
     assert learning_bench.passed(steps, [1.0, 0.5, nan, 0.5, 1.0] + [1.0] * 4, 0.95, 0.2) == (1000, [(2000, 1.0, 0.5)])
+    # updates shorter than the pool are judged together: a lucky 1.0 of a few episodes is no pass, nor its end a fall
+    assert learning_bench.pooled(steps, [1.0, 0.0, 0.5, nan, 0.5, nan, 1.0, 1.0], 3000) == ([3000, 6000], [0.5, 0.5])
+    assert learning_bench.passed(*learning_bench.pooled(steps, [1.0, 0.0, 0.5] + [0.5] * 6, 3000), 0.95, 0.2) == (None, [])
+    assert learning_bench.pooled(steps, [0.5] * 9, 1000) == (steps, [0.5] * 9)  # updates as long as the pool: unchanged
 
     row = {"task": "memory", "config": "a", "seeds": 2, "final": (0.9, 0.1), "best": (1.0, 0.0), "ev": 0.5, "kl": 0.01,
            "clip": 0.1, "passed": {0: (3000, [(5000, 1.0, 0.7)]), 1: (None, [])}}
