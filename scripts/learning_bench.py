@@ -44,9 +44,9 @@ EPISODES = {"nav": 400, "memory": 400, "arena": 24}  # agent-episodes for the sc
 # The arena's return is mostly ore, up to the reward's cap: whether the chain is learned shows in its hearts.
 HEARTS = ("arena",)
 # Memory is learned all or nothing: each seed's first update past the pass mark, and any fall after it of more than
-# DROP below its best so far (a collapse), both per update, unsmoothed; the return of an update shorter than
-# POOL_STEPS agent steps (bptt 16 at 256 maps) is pooled with the next ones': a rollout of a few steps ends a handful
-# of episodes, whose 1.0 or 0.0 is no pass or fall.
+# DROP below its best so far (a collapse), both per update, unsmoothed; the returns of updates shorter than
+# POOL_STEPS agent steps are pooled until they span it: memory's episodes start together, so the first rollouts of a
+# few steps end only the fastest few episodes, whose 1.0 is no pass (every committed study's updates span >= 4,096).
 PASS_MARK, DROP, POOL_STEPS = {"memory": 0.95}, 0.2, 4_096
 
 

@@ -250,7 +250,7 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
 
     run = ["--policy", "example", "--total-steps", "3072", "--train-args=--num-envs 16 --bptt 16 --minibatch-size 64",
            "--at-update", "2", "--follow", "1", "--out", str(tmp_path)]
-    others = ["lr0.01", "eps1e-3", "beta2_0.9", "reshuffle3", "target_kl1e-6", "scale_peak", "no_norm_adv+ent0.1"]
+    others = ["lr0.01", "eps1e-3", "beta2_0.9", "reshuffle3", "target_kl1e-6", "scale_peak", "no_norm_adv+ent0.1", "kl1"]
     collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--variants", *others, "base"]))
     updates, variants = read("updates.csv"), {r["variant"]: r for r in read("variants.csv")}
     assert [int(r["update"]) for r in updates] == [1, 2]

@@ -1,5 +1,7 @@
 """The scripted player (envs/scripted.py), the ceiling learning is judged against, plays each task near its best."""
 
+import math
+
 import pytest
 import torch
 
@@ -70,8 +72,13 @@ def test_learning_bench_names_each_seeds_pass_and_every_collapse_after_it():
     assert learning_bench.passed(steps, [0.96, 0.77] + [0.9] * 7, 0.95, 0.2) == (1000, [])  # 0.19 below: not one
     nan = float("nan")  # a NaN neither falls nor recovers: one fall, counted once
     assert learning_bench.passed(steps, [1.0, 0.5, nan, 0.5, 1.0] + [1.0] * 4, 0.95, 0.2) == (1000, [(2000, 1.0, 0.5)])
-    # updates shorter than the pool are judged together: a lucky 1.0 of a few episodes is no pass, nor its end a fall
-    assert learning_bench.pooled(steps, [1.0, 0.0, 0.5, nan, 0.5, nan, 1.0, 1.0], 3000) == ([3000, 6000], [0.5, 0.5])
+    # updates shorter than the pool are judged together: a lucky 1.0 of a few episodes is no pass; NaNs are left out
+    # (NaN where a pool has no return at all), and a last pool shorter than the rest is dropped
+    ends, means = learning_bench.pooled(steps, [1.0, 0.0, 0.5, nan, 0.5, nan, nan, nan, 1.0], 2500)
+    assert ends == [3000, 6000, 9000] and means[:2] == [0.5, 0.5] and means[2] == 1.0
+    ends, means = learning_bench.pooled(steps, [nan, nan, nan, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 3000)
+    assert ends == [3000, 6000, 9000] and math.isnan(means[0]) and means[1:] == [1.0, 1.0]
+    assert learning_bench.pooled(steps, [0.5] * 9, 4000) == ([4000, 8000], [0.5, 0.5])  # 9,000 is a short tail
     assert learning_bench.passed(*learning_bench.pooled(steps, [1.0, 0.0, 0.5] + [0.5] * 6, 3000), 0.95, 0.2) == (None, [])
     assert learning_bench.pooled(steps, [0.5] * 9, 1000) == (steps, [0.5] * 9)  # updates as long as the pool: unchanged
 

@@ -121,8 +121,8 @@ class TrainConfig:
     ent_coef: float = 1.61e-3
     """Entropy bonus weight."""
     kl_coef: float = 0.0
-    """Weight of a penalty on the KL from the acting policy (approx_kl, per minibatch), which pulls back a step
-    that went past the clip; 0: off (Metta's)."""
+    """Weight of a penalty on the KL from the acting policy (approx_kl, per minibatch), whose gradient pulls the
+    policy back wherever it moved, past the clip too, where the surrogate's is 0; 0: off (Metta's)."""
     norm_adv: bool = True
     """Normalise the advantages to mean 0 and standard deviation 1 over each minibatch (Metta's); off: the policy
     loss takes them as computed, so its scale follows the rewards'."""

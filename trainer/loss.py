@@ -6,7 +6,7 @@
     pg_loss    = mean max(−Â · ratio, −Â · clip(ratio, 1 − ε, 1 + ε))
     V_clipped  = V_old + clip(V − V_old, −ε_V, ε_V)
     v_loss     = ½ · mean max((V − R)², (V_clipped − R)²)
-    kl         = mean (ratio − 1) − log ratio                 KL(μ ‖ π) per step, estimated from the action taken
+    kl         = mean((ratio − 1) − log ratio)                KL(μ ‖ π), estimated from the actions taken
     loss       = pg_loss + c_V · v_loss − c_H · mean entropy + c_KL · kl
 """
 
@@ -47,7 +47,7 @@ def ppo_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages:
     v_clipped = old_values + (values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
     v_loss = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2).mean()
 
-    # entropy bonus; a pull back to the acting policy, whose gradient grows where the clipped surrogate's is 0
+    # entropy bonus; a pull back to the acting policy, whose gradient is not 0 past the clip, where the surrogate's is
     entropy = entropy.mean()
     kl = ((ratio - 1) - log_ratio).mean()  # KL(μ || π), what approx_kl reports
     loss = pg_loss + vf_coef * v_loss - ent_coef * entropy
