@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import partial
 
 from envs.spec import EnvSpec
-from policies.base import RecurrentPolicy
+from torch import nn
+
+from policies.base import RecurrentPolicy, replace_encoder_relus
 from policies.example import Example
 from policies.fast import Fast
 from policies.latent_attn import LatentAttn
@@ -19,11 +21,13 @@ POLICIES = {
 }
 
 
-def make_policy(name: str, env, inventory_norm: float = 0.0, one_hot_ids: bool = False, **config) -> RecurrentPolicy:
+def make_policy(name: str, env, inventory_norm: float = 0.0, one_hot_ids: bool = False, encoder_leak: float = 0.0,
+                **config) -> RecurrentPolicy:
     """Build policy `name` for `env` (an env with a `.spec`, or an EnvSpec); `config` goes to its constructor
     (clip_range, lstm_init). `inventory_norm` > 0 replaces the env's divisor of its inventory features
     (EnvSpec.with_inventory_norm); 0 keeps the env's. `one_hot_ids` reads each id feature (type_id, ...) as one
-    channel per id (EnvSpec.with_one_hot_ids)."""
+    channel per id (EnvSpec.with_one_hot_ids). `encoder_leak` > 0 makes the encoder's ReLUs leaky with that negative
+    slope (the same parameters)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     spec = env if isinstance(env, EnvSpec) else env.spec
@@ -31,7 +35,10 @@ def make_policy(name: str, env, inventory_norm: float = 0.0, one_hot_ids: bool =
         spec = spec.with_inventory_norm(inventory_norm)
     if one_hot_ids:
         spec = spec.with_one_hot_ids()
-    return POLICIES[name](spec, **config)
+    policy = POLICIES[name](spec, **config)
+    if encoder_leak:
+        replace_encoder_relus(policy, nn.LeakyReLU, encoder_leak)
+    return policy
 
 
 __all__ = ["POLICIES", "RecurrentPolicy", "make_policy"]

@@ -112,6 +112,16 @@ class RecurrentPolicy(nn.Module):
         self.memory.set_memory(state)
 
 
+def replace_encoder_relus(policy: RecurrentPolicy, make: type[nn.Module], *args) -> None:
+    """Swap every nn.ReLU in the policy's encoder for `make(*args)` (the same layers, another activation)."""
+    relus = [(parent, name) for parent in policy.encoder.modules()
+             for name, child in parent.named_children() if isinstance(child, nn.ReLU)]
+    if not relus:
+        raise ValueError(f"{type(policy).__name__}'s encoder has no ReLU to replace")
+    for parent, name in relus:
+        setattr(parent, name, make(*args))
+
+
 def record_weight_bounds(module: nn.Module) -> None:
     """clip_weights bounds each Linear/Conv weight by the largest |w| it was initialised with: remember it."""
     for m in module.modules():

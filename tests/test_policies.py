@@ -80,7 +80,8 @@ def test_global_tokens_outside_the_window_go_to_the_centre():
     assert TokensToBox(spec)(obs)[0, F["last_reward"], 5, 5] == 1.0
 
 
-@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}], ids=["env_input", "one_hot_ids"])
+@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}, {"encoder_leak": 0.01}],
+                         ids=["env_input", "one_hot_ids", "encoder_leak"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name, options):
     torch.manual_seed(0)
@@ -233,6 +234,30 @@ def test_one_hot_ids_gives_each_id_its_own_channel():
         make_policy(name, env, one_hot_ids=True)(acting_td(obs))
     with pytest.raises(ValueError, match="declares no id features"):
         make_policy("fast", dataclasses.replace(SPEC, id_features=()), one_hot_ids=True)
+
+
+@pytest.mark.parametrize("name", ["fast", "example"])
+def test_a_leaky_encoder_passes_gradient_through_a_unit_dead_for_every_input(name):
+    """encoder_leak swaps each ReLU of the encoder for a LeakyReLU: the same parameters, drawn the same; a unit pushed
+    below zero for every observation outputs 0 and gets no gradient under the ReLU, and under the leak outputs
+    slope x its input and gets a gradient, so it can come back."""
+    obs = ENV.reset()["env_obs"].expand(4, -1, -1)
+    torch.manual_seed(0)
+    plain = make_policy(name, ENV)
+    torch.manual_seed(0)
+    leaky = make_policy(name, ENV, encoder_leak=0.01)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), leaky.state_dict().values()))
+    acts = [type(m) for m in leaky.encoder.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    assert acts and set(acts) == {torch.nn.LeakyReLU}
+    assert sum(isinstance(m, torch.nn.ReLU) for m in plain.encoder.modules()) == len(acts)
+    for policy in (plain, leaky):
+        last = [m for m in policy.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias[:8] = -1e3  # units 0-7 are below zero for any observation
+        policy.encode(obs)[:, :8].sum().backward()
+    last_plain, last_leaky = ([m for m in p.encoder.modules() if isinstance(m, torch.nn.Linear)][-1] for p in (plain, leaky))
+    assert plain.encode(obs)[:, :8].eq(0).all() and last_plain.weight.grad[:8].eq(0).all()
+    assert leaky.encode(obs)[:, :8].lt(0).all() and last_leaky.weight.grad[:8].ne(0).any()
 
 
 def test_metta_lstm_init_saturates_and_forget_init_does_not():

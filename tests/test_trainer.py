@@ -239,6 +239,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"faults": "no_relu,typo"}, "unknown fault 'typo'"),
     ({"inventory_norm": -1.0}, r"inventory_norm=-1.0: use 0 \(the env's divisor\)"),
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
+    ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
 ])
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -261,6 +262,7 @@ def test_inventory_norm_and_one_hot_ids_reach_the_policy():
     for divisor, expected in ((0.0, 100.0), (1.0, 1.0)):
         assert Trainer(small_config(inventory_norm=divisor)).policy.spec.feature_normalizations[heart] == expected
     assert "type_id=4" in Trainer(small_config(one_hot_ids=True)).policy.spec.feature_names
+    assert isinstance(Trainer(small_config(encoder_leak=0.01)).policy.encoder.fc[-1], torch.nn.LeakyReLU)
 
 
 def test_explained_variance_and_metrics_are_finite():

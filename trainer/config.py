@@ -48,6 +48,7 @@ RULES = (
     ("prio_alpha", AT_LEAST_0, "use 0 (uniform) or more"),
     ("prio_beta0", FRACTION, "use a value in [0, 1]"),
     ("clip_range", AT_LEAST_0, "use 0 (off) or more"),
+    ("encoder_leak", lambda v: 0 <= v < 1, "use a negative slope in [0, 1): 0 keeps plain ReLUs, 0.01 is the usual leak"),
     ("inventory_norm", AT_LEAST_0, "use 0 (the env's divisor) or a positive divisor"),
     ("seed", AT_LEAST_0, "use a seed of 0 or more"),
     ("torch_threads", AT_LEAST_0, "use 0 (torch's default) or a number of threads"),
@@ -147,6 +148,9 @@ class TrainConfig:
     one_hot_ids: bool = False
     """Read each id feature (type_id, orientation, last_action) as one input channel per id, instead of the env's
     one channel where a wall is 2 and a generator 4 (the env's, Metta's)."""
+    encoder_leak: float = 0.0
+    """Negative slope of the encoder's ReLUs (LeakyReLU): a unit below zero for every input still passes a gradient,
+    so it can come back; 0: plain ReLU (Metta's)."""
     faults: str = ""
     """Comma-separated faults to switch on (trainer/collapse/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
@@ -221,6 +225,8 @@ class TrainConfig:
             options["inventory_norm"] = self.inventory_norm
         if self.one_hot_ids:
             options["one_hot_ids"] = True
+        if self.encoder_leak:
+            options["encoder_leak"] = self.encoder_leak
         if self.lstm_init:
             options["lstm_init"] = self.lstm_init
         if self.policy == "fast":

@@ -23,7 +23,7 @@ from torch import nn
 
 from envs.spec import EnvSpec
 from policies.actions import BilinearActionHead
-from policies.base import RecurrentPolicy, record_weight_bounds
+from policies.base import RecurrentPolicy, record_weight_bounds, replace_encoder_relus
 
 
 # --- history: what the collapsing port really had -------------------------------------------------------------
@@ -83,12 +83,7 @@ def sixteen_logits(policy: RecurrentPolicy) -> None:
 def no_relu(policy: RecurrentPolicy) -> None:
     """The port's conv/fc stack had no nonlinearities: two convolutions and two linear layers collapsed into one
     linear map of the observation box before the LSTM."""
-    relus = [(parent, name) for parent in policy.encoder.modules()
-             for name, child in parent.named_children() if isinstance(child, nn.ReLU)]
-    if not relus:
-        raise ValueError("no_relu removes the encoder's ReLUs, and this policy's encoder has none")
-    for parent, name in relus:
-        setattr(parent, name, nn.Identity())
+    replace_encoder_relus(policy, nn.Identity)
 
 
 def obs_zero_255_inplace(policy: RecurrentPolicy) -> None:
