@@ -240,6 +240,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"inventory_norm": -1.0}, r"inventory_norm=-1.0: use 0 \(the env's divisor\)"),
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
     ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
+    ({"encoder_lr_scale": 0.0}, r"encoder_lr_scale=0.0: use a positive multiple of the learning rate"),
 ])
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -263,6 +264,20 @@ def test_inventory_norm_and_one_hot_ids_reach_the_policy():
         assert Trainer(small_config(inventory_norm=divisor)).policy.spec.feature_normalizations[heart] == expected
     assert "type_id=4" in Trainer(small_config(one_hot_ids=True)).policy.spec.feature_names
     assert isinstance(Trainer(small_config(encoder_leak=0.01)).policy.encoder.fc[-1], torch.nn.LeakyReLU)
+
+
+def test_the_encoders_first_adam_step_is_its_multiple_of_the_learning_rate():
+    """Adam's first step moves each parameter with a gradient by the learning rate (its update is g / |g|): with
+    encoder_lr_scale 0.25 the encoder's parameters move by a quarter of it and the rest by all of it."""
+    run = Trainer(small_config(encoder_lr_scale=0.25, minibatches=1, learning_rate=1e-3))
+    before = {name: p.detach().clone() for name, p in run.policy.named_parameters()}
+    run.rollout()
+    run.learn()
+    moved = {part: max((p.detach() - before[name]).abs().max().item() for name, p in run.policy.named_parameters()
+                       if name.startswith(part)) for part in ("encoder.", "memory.", "actor.", "critic.")}
+    assert moved["encoder."] == pytest.approx(0.25e-3, rel=1e-3), moved
+    for part in ("memory.", "actor.", "critic."):
+        assert moved[part] == pytest.approx(1e-3, rel=1e-3), moved
 
 
 def test_explained_variance_and_metrics_are_finite():

@@ -34,6 +34,7 @@ RULES = (
     ("minibatches", AT_LEAST_0, "use 0 (minibatch_size decides) or a number of minibatches"),
     ("update_epochs", lambda v: v >= 1, "use at least 1 pass over each rollout"),
     ("learning_rate", POSITIVE, "use a positive learning rate"),
+    ("encoder_lr_scale", POSITIVE, "use a positive multiple of the learning rate (1: the same rate)"),
     ("adam_eps", POSITIVE, "use a positive epsilon"),
     ("gamma", FRACTION, "use a discount in [0, 1]"),
     ("gae_lambda", FRACTION, "use a lambda in [0, 1]"),
@@ -103,6 +104,9 @@ class TrainConfig:
     """Adam learning rate."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to 0 over training."""
+    encoder_lr_scale: float = 1.0
+    """The encoder's learning rate as a multiple of the rest's: Adam's step is about the rate whatever the gradient,
+    and a step that pushes an encoder unit below zero for every input kills it; 1: one rate (Metta's)."""
     adam_eps: float = 1e-12
     """Adam epsilon."""
     gamma: float = 0.961

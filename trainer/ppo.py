@@ -33,7 +33,8 @@ class PPO:
         """`env` and `policy` on one device; `batch_size`: agent steps per update over every process."""
         self.cfg, self.env, self.policy, self.device = cfg, env, policy, next(policy.parameters()).device
         self.act = policy  # what acts in the rollout
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+        self.optimizer = torch.optim.Adam(param_groups(policy, cfg.encoder_lr_scale), lr=cfg.learning_rate,
+                                          eps=cfg.adam_eps, fused=True)
         self.buffer = SegmentedBuffer(env.spec, env.num_agents, cfg.bptt, self.device,
                                       (policy.memory.num_layers, policy.memory.hidden_size))
         self.returns = torch.zeros_like(self.buffer.data["values"])  # the update's value targets
@@ -163,10 +164,11 @@ class PPO:
         """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr."""
         lr = self.cfg.learning_rate * (1 - self.update / self.num_updates if self.cfg.anneal_lr else 1)
         for group in self.optimizer.param_groups:
+            group_lr = lr * group.get("lr_scale", 1.0)
             if isinstance(group["lr"], torch.Tensor):  # a recorded update reads it from the device
-                group["lr"].fill_(lr)
+                group["lr"].fill_(group_lr)
             else:
-                group["lr"] = lr
+                group["lr"] = group_lr
         self.learning_rate = lr
         return lr
 
@@ -209,3 +211,12 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Ten
     values, returns = values.flatten(), returns.flatten()
     spread = returns.var()
     return torch.where(spread > 0, 1 - (returns - values).var() / spread, torch.nan)
+
+
+def param_groups(policy: RecurrentPolicy, encoder_lr_scale: float) -> list[dict]:
+    """The optimizer's parameter groups: one, or the encoder's apart with its own rate (set_learning_rate scales it)."""
+    if encoder_lr_scale == 1:
+        return [{"params": list(policy.parameters())}]
+    encoder = {id(p) for p in policy.encoder.parameters()}
+    return [{"params": [p for p in policy.parameters() if id(p) in encoder], "lr_scale": encoder_lr_scale},
+            {"params": [p for p in policy.parameters() if id(p) not in encoder]}]
