@@ -241,6 +241,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
     ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
     ({"encoder_lr_scale": 0.0}, r"encoder_lr_scale=0.0: use a positive multiple of the learning rate"),
+    ({"encoder_leak": 0.01, "faults": "no_relu"}, "encoder_leak with the fault no_relu"),
 ])
 def test_bad_configurations(changes, message):
     with pytest.raises(ValueError, match=message):

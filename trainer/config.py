@@ -255,6 +255,9 @@ class TrainConfig:
             raise ValueError("token_conv=True with the fault obs_zero_255_inplace: the fault's zeroed padding tokens "
                              "overwrite a real token in the box, the token convolution adds their zeros instead, so "
                              "the fault would not do what it did: add --no-token-conv")
+        if self.encoder_leak and "no_relu" in faults:
+            raise ValueError("encoder_leak with the fault no_relu: the fault removes the encoder's ReLUs the leak would "
+                             "replace: leave one of them out")
         if self.cuda_graphs and self.nonfinite == "skip":
             raise ValueError("cuda_graphs=True with nonfinite='skip': a skip is decided on the host after each "
                              "minibatch's backward, inside what the graph records: use --nonfinite stop (the default), "

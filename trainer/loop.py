@@ -113,8 +113,9 @@ class Trainer(PPO):
     def health(self) -> dict[str, torch.Tensor]:
         """Cheap signs of saturation or blow-up, on the device: each part's weight norm, the LSTM cell's mean |c|
         over every agent and layer where the rollout left it (a saturated cell sits near its limit), and the
-        fraction of the encoder's output units (each policy's encoder ends in a ReLU) that are 0 for every agent's
-        current observation: no gradient reaches the observation through them, and at 1 the policy acts blind."""
+        fraction of the encoder's output units (each policy's encoder ends in a ReLU) that are 0 (below 0 under
+        --encoder-leak) for every agent's current observation: no gradient reaches the observation through them
+        (under the leak, one scaled by its slope), and at 1 the policy acts blind."""
         parts = {name: getattr(self.policy, name) for name in ("encoder", "memory", "critic", "actor")}
         out = {f"weights/{name}_norm": torch.stack([p.detach().norm() for p in part.parameters()]).norm()
                for name, part in parts.items()}
