@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from envs.spec import EnvSpec
 from torch import nn
 
+from envs.spec import EnvSpec
 from policies.base import RecurrentPolicy, replace_encoder_relus
 from policies.example import Example
 from policies.fast import Fast

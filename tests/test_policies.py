@@ -250,14 +250,14 @@ def test_a_leaky_encoder_passes_gradient_through_a_unit_dead_for_every_input(nam
     acts = [type(m) for m in leaky.encoder.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
     assert acts and set(acts) == {torch.nn.LeakyReLU}
     assert sum(isinstance(m, torch.nn.ReLU) for m in plain.encoder.modules()) == len(acts)
+    last = {}
     for policy in (plain, leaky):
-        last = [m for m in policy.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last[policy] = [m for m in policy.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
         with torch.no_grad():
-            last.bias[:8] = -1e3  # units 0-7 are below zero for any observation
+            last[policy].bias[:8] = -1e3  # units 0-7 are below zero for any observation
         policy.encode(obs)[:, :8].sum().backward()
-    last_plain, last_leaky = ([m for m in p.encoder.modules() if isinstance(m, torch.nn.Linear)][-1] for p in (plain, leaky))
-    assert plain.encode(obs)[:, :8].eq(0).all() and last_plain.weight.grad[:8].eq(0).all()
-    assert leaky.encode(obs)[:, :8].lt(0).all() and last_leaky.weight.grad[:8].ne(0).any()
+    assert plain.encode(obs)[:, :8].eq(0).all() and last[plain].weight.grad[:8].eq(0).all()
+    assert leaky.encode(obs)[:, :8].lt(0).all() and last[leaky].weight.grad[:8].ne(0).any()
 
 
 def test_metta_lstm_init_saturates_and_forget_init_does_not():
