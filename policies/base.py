@@ -122,6 +122,18 @@ def replace_encoder_relus(policy: RecurrentPolicy, make: type[nn.Module], *args)
         setattr(parent, name, make(*args))
 
 
+def scale_encoder_weights(policy: RecurrentPolicy, gain: float) -> None:
+    """Multiply the encoder's initial Linear/Conv weights by `gain`: an orthogonal init with gain g is g times the
+    gain-1 draw, so the draws stay the policy's own and only their scale changes."""
+    layers = [m for m in policy.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise ValueError(f"{type(policy).__name__}'s encoder has no Linear or Conv2d layer to scale")
+    with torch.no_grad():
+        for m in layers:
+            m.weight.mul_(gain)
+    record_weight_bounds(policy.encoder)  # clip_weights bounds each weight by its (now scaled) initial size
+
+
 def record_weight_bounds(module: nn.Module) -> None:
     """clip_weights bounds each Linear/Conv weight by the largest |w| it was initialised with: remember it."""
     for m in module.modules():

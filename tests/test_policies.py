@@ -80,8 +80,8 @@ def test_global_tokens_outside_the_window_go_to_the_centre():
     assert TokensToBox(spec)(obs)[0, F["last_reward"], 5, 5] == 1.0
 
 
-@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}, {"encoder_leak": 0.01}],
-                         ids=["env_input", "one_hot_ids", "encoder_leak"])
+@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}, {"encoder_leak": 0.01}, {"encoder_gain": 2 ** 0.5}],
+                         ids=["env_input", "one_hot_ids", "encoder_leak", "encoder_gain"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name, options):
     torch.manual_seed(0)
@@ -258,6 +258,23 @@ def test_a_leaky_encoder_passes_gradient_through_a_unit_dead_for_every_input(nam
         policy.encode(obs)[:, :8].sum().backward()
     assert plain.encode(obs)[:, :8].eq(0).all() and last[plain].weight.grad[:8].eq(0).all()
     assert leaky.encode(obs)[:, :8].lt(0).all() and last[leaky].weight.grad[:8].ne(0).any()
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_encoder_gain_scales_the_encoders_initial_weights_and_nothing_else(name):
+    """encoder_gain g: the encoder's Linear/Conv weights are g times the policy's own draws (orthogonal with gain g,
+    where its init is orthogonal), clip_weights' bounds with them; every other parameter is the same draw."""
+    torch.manual_seed(0)
+    plain = make_policy(name, ENV)
+    torch.manual_seed(0)
+    scaled = make_policy(name, ENV, encoder_gain=2.0)
+    layers = {id(m.weight) for m in scaled.encoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert layers
+    for (key, a), b in zip(plain.named_parameters(), scaled.parameters()):
+        assert torch.equal(b, 2 * a if id(b) in layers else a), key
+    for m, n in zip(plain.encoder.modules(), scaled.encoder.modules()):
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            assert n.initial_weight_bound == 2 * m.initial_weight_bound
 
 
 def test_metta_lstm_init_saturates_and_forget_init_does_not():

@@ -241,6 +241,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"inventory_norm": -1.0}, r"inventory_norm=-1.0: use 0 \(the env's divisor\)"),
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
     ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
+    ({"encoder_gain": 0.0}, r"encoder_gain=0.0: use a positive gain"),
     ({"encoder_lr_scale": 0.0}, r"encoder_lr_scale=0.0: use a positive multiple of the learning rate"),
     ({"encoder_leak": 0.01, "faults": "no_relu"}, "encoder_leak with the fault no_relu"),
 ])
@@ -260,12 +261,14 @@ def test_the_gpu_presets_minibatches_follow_the_batch():
     assert len(list(trainer.minibatches(torch.ones(8, 16, device=DEVICE)))) == 4
 
 
-def test_inventory_norm_and_one_hot_ids_reach_the_policy():
+def test_the_input_and_encoder_options_reach_the_policy():
     heart = make_env("nav", num_envs=1).spec.feature_id("inv:heart")
     for divisor, expected in ((0.0, 100.0), (1.0, 1.0)):
         assert Trainer(small_config(inventory_norm=divisor)).policy.spec.feature_normalizations[heart] == expected
     assert "type_id=4" in Trainer(small_config(one_hot_ids=True)).policy.spec.feature_names
     assert isinstance(Trainer(small_config(encoder_leak=0.01)).policy.encoder.fc[-1], torch.nn.LeakyReLU)
+    bound = [Trainer(small_config(encoder_gain=g)).policy.encoder.fc[0].initial_weight_bound for g in (1.0, 2.0)]
+    assert bound[1] == 2 * bound[0]  # the same draw (the same seed), twice the scale
 
 
 def test_the_encoders_first_adam_step_is_its_multiple_of_the_learning_rate():

@@ -50,6 +50,7 @@ RULES = (
     ("prio_beta0", FRACTION, "use a value in [0, 1]"),
     ("clip_range", AT_LEAST_0, "use 0 (off) or more"),
     ("encoder_leak", lambda v: 0 <= v < 1, "use a negative slope in [0, 1): 0 keeps plain ReLUs, 0.01 is the usual leak"),
+    ("encoder_gain", POSITIVE, "use a positive gain: 1 keeps Metta's initial weights, 2 ** 0.5 is He's for ReLUs"),
     ("inventory_norm", AT_LEAST_0, "use 0 (the env's divisor) or a positive divisor"),
     ("seed", AT_LEAST_0, "use a seed of 0 or more"),
     ("torch_threads", AT_LEAST_0, "use 0 (torch's default) or a number of threads"),
@@ -155,6 +156,9 @@ class TrainConfig:
     encoder_leak: float = 0.0
     """Negative slope of the encoder's ReLUs (LeakyReLU): a unit below zero for every input still passes a gradient,
     so it can come back; 0: plain ReLU (Metta's)."""
+    encoder_gain: float = 1.0
+    """Scale of the encoder's initial weights (orthogonal with this gain): each ReLU halves a random signal's
+    power, so at 1 (Metta's) a one-token cue reaches the memory smaller at every layer; 2 ** 0.5 keeps it (He's)."""
     faults: str = ""
     """Comma-separated faults to switch on (trainer/collapse/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
@@ -231,6 +235,8 @@ class TrainConfig:
             options["one_hot_ids"] = True
         if self.encoder_leak:
             options["encoder_leak"] = self.encoder_leak
+        if self.encoder_gain != 1:
+            options["encoder_gain"] = self.encoder_gain
         if self.lstm_init:
             options["lstm_init"] = self.lstm_init
         if self.policy == "fast":
