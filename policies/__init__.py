@@ -22,13 +22,13 @@ POLICIES = {
 
 
 def make_policy(name: str, env, inventory_norm: float = 0.0, one_hot_ids: bool = False, encoder_leak: float = 0.0,
-                encoder_gain: float = 1.0, **config) -> RecurrentPolicy:
+                encoder_gain: float = 1.0, lstm_forget_bias: float = 1.0, **config) -> RecurrentPolicy:
     """Build policy `name` for `env` (an env with a `.spec`, or an EnvSpec); `config` goes to its constructor
     (clip_range, lstm_init). `inventory_norm` > 0 replaces the env's divisor of its inventory features
     (EnvSpec.with_inventory_norm); 0 keeps the env's. `one_hot_ids` reads each id feature (type_id, ...) as one
     channel per id (EnvSpec.with_one_hot_ids). `encoder_leak` > 0 makes the encoder's ReLUs leaky with that negative
     slope (the same parameters). `encoder_gain` multiplies the encoder's initial Linear/Conv weights (the same draws,
-    another scale)."""
+    another scale). `lstm_forget_bias` starts the forget gate of lstm_init forget at that bias instead of 1."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     spec = env if isinstance(env, EnvSpec) else env.spec
@@ -41,6 +41,8 @@ def make_policy(name: str, env, inventory_norm: float = 0.0, one_hot_ids: bool =
         replace_encoder_relus(policy, nn.LeakyReLU, encoder_leak)
     if encoder_gain != 1:
         scale_encoder_weights(policy, encoder_gain)
+    if lstm_forget_bias != 1:
+        policy.memory.set_forget_bias(lstm_forget_bias)
     return policy
 
 

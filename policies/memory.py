@@ -25,7 +25,7 @@ class LSTMMemory(nn.Module):
         super().__init__()
         if lstm_init not in LSTM_INITS:
             raise ValueError(f"lstm_init={lstm_init!r}: choose one of {LSTM_INITS}")
-        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.hidden_size, self.num_layers, self.lstm_init = hidden_size, num_layers, lstm_init
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers)
         for name, p in self.lstm.named_parameters():  # orthogonal weights; biases by lstm_init
             if "weight" in name:
@@ -38,6 +38,16 @@ class LSTMMemory(nn.Module):
                     nn.init.constant_(p[hidden_size:2 * hidden_size], 1.0)
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.static_unroll = False  # see unroll
+
+    def set_forget_bias(self, bias: float) -> None:
+        """Start every layer's forget gate at `bias` instead of lstm_init forget's 1: at first the cell keeps
+        sigmoid(bias) of itself per step (1: 0.73; 2: 0.88), so an early input lasts longer."""
+        if self.lstm_init != "forget":
+            raise ValueError(f"a forget-gate bias of {bias} sets lstm_init forget's bias; this LSTM's init is "
+                             f"{self.lstm_init!r} (every bias 1): pass --lstm-init forget too")
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                getattr(self.lstm, f"bias_ih_l{layer}")[self.hidden_size:2 * self.hidden_size] = bias
 
     # --- the memory API the trainer uses -----------------------------------------------------------
     def reset_memory(self) -> None:

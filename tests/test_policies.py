@@ -80,8 +80,9 @@ def test_global_tokens_outside_the_window_go_to_the_centre():
     assert TokensToBox(spec)(obs)[0, F["last_reward"], 5, 5] == 1.0
 
 
-@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}, {"encoder_leak": 0.01}, {"encoder_gain": 2 ** 0.5}],
-                         ids=["env_input", "one_hot_ids", "encoder_leak", "encoder_gain"])
+@pytest.mark.parametrize("options", [{}, {"one_hot_ids": True}, {"encoder_leak": 0.01}, {"encoder_gain": 2 ** 0.5},
+                                     {"lstm_init": "forget", "lstm_forget_bias": 2.0}],
+                         ids=["env_input", "one_hot_ids", "encoder_leak", "encoder_gain", "lstm_forget_bias"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_training_recomputes_acting_log_probs_with_episode_ends_inside(name, options):
     torch.manual_seed(0)
@@ -275,6 +276,25 @@ def test_encoder_gain_scales_the_encoders_initial_weights_and_nothing_else(name)
     for m, n in zip(plain.encoder.modules(), scaled.encoder.modules()):
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             assert n.initial_weight_bound == 2 * m.initial_weight_bound
+
+
+@pytest.mark.parametrize("name", ["fast", "example"])
+def test_lstm_forget_bias_sets_every_layers_forget_gate_and_nothing_else(name):
+    torch.manual_seed(0)
+    plain = make_policy(name, ENV, lstm_init="forget")
+    torch.manual_seed(0)
+    longer = make_policy(name, ENV, lstm_init="forget", lstm_forget_bias=2.0)
+    H = plain.memory.hidden_size
+    changed = 0
+    for (key, a), b in zip(plain.state_dict().items(), longer.state_dict().values()):
+        if key.startswith("memory.lstm.bias_ih"):
+            assert a[H:2 * H].eq(1).all() and b[H:2 * H].eq(2).all(), key
+            a, b = torch.cat([a[:H], a[2 * H:]]), torch.cat([b[:H], b[2 * H:]])
+            changed += 1
+        assert torch.equal(a, b), key
+    assert changed == plain.memory.num_layers
+    with pytest.raises(ValueError, match="this LSTM's init is 'metta'.*pass --lstm-init forget"):
+        make_policy(name, ENV, lstm_init="metta", lstm_forget_bias=2.0)
 
 
 def test_metta_lstm_init_saturates_and_forget_init_does_not():

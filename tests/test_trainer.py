@@ -242,6 +242,8 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
     ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
     ({"encoder_gain": 0.0}, r"encoder_gain=0.0: use a positive gain"),
+    ({"lstm_forget_bias": -1.0}, r"lstm_forget_bias=-1.0: use a bias of 0 or more"),
+    ({"lstm_forget_bias": 2.0}, r"this LSTM's init is 'metta'"),
     ({"encoder_lr_scale": 0.0}, r"encoder_lr_scale=0.0: use a positive multiple of the learning rate"),
     ({"encoder_leak": 0.01, "faults": "no_relu"}, "encoder_leak with the fault no_relu"),
 ])
@@ -269,6 +271,8 @@ def test_the_input_and_encoder_options_reach_the_policy():
     assert isinstance(Trainer(small_config(encoder_leak=0.01)).policy.encoder.fc[-1], torch.nn.LeakyReLU)
     bound = [Trainer(small_config(encoder_gain=g)).policy.encoder.fc[0].initial_weight_bound for g in (1.0, 2.0)]
     assert bound[1] == 2 * bound[0]  # the same draw (the same seed), twice the scale
+    lstm = Trainer(small_config(lstm_init="forget", lstm_forget_bias=2.0)).policy.memory.lstm
+    assert lstm.bias_ih_l0[lstm.hidden_size] == 2
 
 
 def test_the_encoders_first_adam_step_is_its_multiple_of_the_learning_rate():
