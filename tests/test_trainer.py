@@ -427,3 +427,21 @@ def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
     for bad, named in (({"gae_lambda": 1.5}, "gae_lambda=1.5"), ({"rollouts": 0}, "rollouts=0")):
         with pytest.raises(ValueError, match=named):
             credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, **bad))
+
+
+def test_cue_signal_sees_the_cue_larger_with_hes_gain_and_a_longer_forget(tmp_path, monkeypatch):
+    """scripts/cue_signal.py, behind docs/learning.md's "Fast's cue": the gain reaches every one of Fast's four
+    ReLU layers (the encoder's output is gain ** 4 times as large: ReLUs are homogeneous), and with the longer
+    forget the cue reaches the memory's output at the first free step several times larger. On a CPU."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "scripts"))  # it imports train.py
+    cue = load_script("cue_signal")
+
+    def signal(**changes):
+        cfg = TrainConfig(env="memory", num_envs=64, seed=0, log_dir=str(tmp_path), device="cpu").replace(**changes)
+        return cue.cue_signal(Trainer(cfg))
+
+    plain, both = signal(), signal(encoder_gain=2 ** 0.5, lstm_forget_bias=2.0)
+    assert both[0] == pytest.approx(4 * plain[0], rel=1e-4) and both[1] == pytest.approx(4 * plain[1], rel=1e-4)
+    assert both[2] > 3 * plain[2]
+    with pytest.raises(ValueError, match="shows no cue: use --env memory"):
+        signal(env="nav")
