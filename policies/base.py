@@ -123,11 +123,15 @@ def replace_encoder_relus(policy: RecurrentPolicy, make: type[nn.Module], *args)
 
 
 def scale_encoder_weights(policy: RecurrentPolicy, gain: float) -> None:
-    """Multiply the encoder's initial Linear/Conv weights by `gain`: an orthogonal init with gain g is g times the
-    gain-1 draw, so the draws stay the policy's own and only their scale changes."""
+    """Multiply the initial weights of an encoder of orthogonal Linear/Conv layers (init_layer's) by `gain`: an
+    orthogonal init with gain g is g times the gain-1 draw, so the draws stay the policy's own and only their scale
+    changes. An encoder with other parameters (attention, LayerNorm, whose norms would undo a scale) is refused."""
     layers = [m for m in policy.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if not layers:
-        raise ValueError(f"{type(policy).__name__}'s encoder has no Linear or Conv2d layer to scale")
+    scaled = {id(p) for m in layers for p in m.parameters()}
+    if not layers or any(id(p) not in scaled for p in policy.encoder.parameters()):
+        raise ValueError(f"encoder_gain scales an encoder made of Linear and Conv2d layers (fast's, example's); "
+                         f"{type(policy).__name__}'s has other parameters (attention, LayerNorm), whose init it would "
+                         "not scale: leave encoder_gain at 1")
     with torch.no_grad():
         for m in layers:
             m.weight.mul_(gain)

@@ -32,20 +32,20 @@ class LSTMMemory(nn.Module):
                 nn.init.orthogonal_(p)
             elif lstm_init == "metta":
                 nn.init.constant_(p, 1.0)
-            else:  # gates are ordered input, forget, cell, output
+            else:
                 nn.init.zeros_(p)
-                if name.startswith("bias_ih"):
-                    nn.init.constant_(p[hidden_size:2 * hidden_size], 1.0)
+        if lstm_init == "forget":
+            self.set_forget_bias(1.0)
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.static_unroll = False  # see unroll
 
     def set_forget_bias(self, bias: float) -> None:
-        """Start every layer's forget gate at `bias` instead of lstm_init forget's 1: at first the cell keeps
-        sigmoid(bias) of itself per step (1: 0.73; 2: 0.88), so an early input lasts longer."""
+        """Start every layer's forget gate at `bias` (lstm_init forget's is 1): at first the cell keeps sigmoid(bias)
+        of itself per step (1: 0.73; 2: 0.88), so an early input lasts longer."""
         if self.lstm_init != "forget":
-            raise ValueError(f"a forget-gate bias of {bias} sets lstm_init forget's bias; this LSTM's init is "
-                             f"{self.lstm_init!r} (every bias 1): pass --lstm-init forget too")
-        with torch.no_grad():
+            raise ValueError(f"lstm_forget_bias={bias} sets the forget gate of lstm_init 'forget'; this LSTM's init "
+                             f"is {self.lstm_init!r} (every bias 1): use lstm_init='forget' (--lstm-init forget)")
+        with torch.no_grad():  # gates are ordered input, forget, cell, output
             for layer in range(self.num_layers):
                 getattr(self.lstm, f"bias_ih_l{layer}")[self.hidden_size:2 * self.hidden_size] = bias
 

@@ -32,11 +32,13 @@ from trainer.loop import Trainer  # noqa: E402
 @dataclass
 class Args:
     policy: str = "fast"
+    """The policy (scripts/train.py --policy)."""
     seeds: int = 10
     """Seeds 0 to seeds - 1: each one's initial weights, as train.py --seed draws them."""
     maps: int = 256
     """Memory maps played per seed (half show each cue, about)."""
     preset: str = "cpu"
+    """The preset the policy's options come from, as in scripts/train.py."""
     train_args: str = ""
     """More train.py options (e.g. --encoder-gain 1.4142); the env is memory unless they name another with a cue."""
 
@@ -48,7 +50,7 @@ def cue_signal(trainer: Trainer) -> tuple[float, float, float, float]:
         raise ValueError(f"the env {trainer.cfg.env!r} shows no cue: use --env memory, or a layout with a cue cell 'c'")
     frozen = env.cfg.cue_steps + env.cfg.cue_delay
     td = env.reset()
-    up = env.decoy[:, env.altar_rows[0]] == 0  # the first altar pays: the cue says up
+    up = (env.decoy[:, env.altar_rows[0]] == 0).repeat_interleave(env.agents_per_env)  # the cue says up, per agent
     if up.all() or not up.any():
         raise ValueError("every map drew the same cue: play more --maps")
     noop = torch.zeros(env.num_agents, 2, dtype=torch.long, device=env.device)
@@ -77,8 +79,9 @@ def main(args: Args) -> None:
     print("seed | encoder: difference, norm | memory at the first free step: difference, norm")
     with tempfile.TemporaryDirectory() as logs:
         for seed in range(args.seeds):
+            # one minibatch: a batch of any number of maps divides into it (nothing here trains)
             argv = ["--policy", args.policy, "--env", "memory", "--num-envs", str(args.maps), "--seed", str(seed),
-                    "--minibatch-size", "64", *shlex.split(args.train_args)]
+                    "--minibatches", "1", *shlex.split(args.train_args)]
             try:
                 cfg, _ = parse_config(args.preset, argv)
                 rows.append(cue_signal(Trainer(cfg.replace(log_dir=logs, device="cpu"))))

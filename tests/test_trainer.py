@@ -242,7 +242,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
     ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
     ({"encoder_gain": 0.0}, r"encoder_gain=0.0: use a positive gain"),
-    ({"lstm_forget_bias": -1.0}, r"lstm_forget_bias=-1.0: use a bias of 0 or more"),
+    ({"lstm_forget_bias": float("inf")}, r"lstm_forget_bias=inf: use a finite bias"),
     ({"lstm_forget_bias": 2.0}, r"this LSTM's init is 'metta'"),
     ({"encoder_lr_scale": 0.0}, r"encoder_lr_scale=0.0: use a positive multiple of the learning rate"),
     ({"encoder_leak": 0.01, "faults": "no_relu"}, "encoder_leak with the fault no_relu"),
@@ -430,9 +430,10 @@ def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
 
 
 def test_cue_signal_sees_the_cue_larger_with_hes_gain_and_a_longer_forget(tmp_path, monkeypatch):
-    """scripts/cue_signal.py, behind docs/learning.md's "Fast's cue": the gain reaches every one of Fast's four
-    ReLU layers (the encoder's output is gain ** 4 times as large: ReLUs are homogeneous), and with the longer
-    forget the cue reaches the memory's output at the first free step several times larger. On a CPU."""
+    """scripts/cue_signal.py, behind docs/learning.md's "The cue's size at the start": the gain reaches every one of
+    Fast's four ReLU layers (the encoder's output is gain ** 4 times as large: ReLUs are homogeneous), and the cue
+    reaches the memory's output at the first free step larger with the gain, and larger again with the longer
+    forget. Margins from seed 0 on a CPU (x3.7 and x1.9 there); the device is stated."""
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "scripts"))  # it imports train.py
     cue = load_script("cue_signal")
 
@@ -440,8 +441,8 @@ def test_cue_signal_sees_the_cue_larger_with_hes_gain_and_a_longer_forget(tmp_pa
         cfg = TrainConfig(env="memory", num_envs=64, seed=0, log_dir=str(tmp_path), device="cpu").replace(**changes)
         return cue.cue_signal(Trainer(cfg))
 
-    plain, both = signal(), signal(encoder_gain=2 ** 0.5, lstm_forget_bias=2.0)
-    assert both[0] == pytest.approx(4 * plain[0], rel=1e-4) and both[1] == pytest.approx(4 * plain[1], rel=1e-4)
-    assert both[2] > 3 * plain[2]
+    plain, gain, both = signal(), signal(encoder_gain=2 ** 0.5), signal(encoder_gain=2 ** 0.5, lstm_forget_bias=2.0)
+    assert gain[0] == pytest.approx(4 * plain[0], rel=1e-4) and gain[1] == pytest.approx(4 * plain[1], rel=1e-4)
+    assert gain[2] > 2 * plain[2] and both[2] > 1.5 * gain[2]
     with pytest.raises(ValueError, match="shows no cue: use --env memory"):
         signal(env="nav")

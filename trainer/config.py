@@ -5,6 +5,7 @@ batch), metta (Metta's hyperparameters and semantics, reference section 5: what 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -51,7 +52,7 @@ RULES = (
     ("clip_range", AT_LEAST_0, "use 0 (off) or more"),
     ("encoder_leak", lambda v: 0 <= v < 1, "use a negative slope in [0, 1): 0 keeps plain ReLUs, 0.01 is the usual leak"),
     ("encoder_gain", POSITIVE, "use a positive gain: 1 keeps Metta's initial weights, 2 ** 0.5 is He's for ReLUs"),
-    ("lstm_forget_bias", AT_LEAST_0, "use a bias of 0 or more: the cell starts keeping sigmoid(bias) of itself per step"),
+    ("lstm_forget_bias", math.isfinite, "use a finite bias: the cell starts keeping sigmoid(bias) of itself per step"),
     ("inventory_norm", AT_LEAST_0, "use 0 (the env's divisor) or a positive divisor"),
     ("seed", AT_LEAST_0, "use a seed of 0 or more"),
     ("torch_threads", AT_LEAST_0, "use 0 (torch's default) or a number of threads"),
@@ -161,8 +162,9 @@ class TrainConfig:
     """Negative slope of the encoder's ReLUs (LeakyReLU): a unit below zero for every input still passes a gradient,
     so it can come back; 0: plain ReLU (Metta's)."""
     encoder_gain: float = 1.0
-    """Scale of the encoder's initial weights (orthogonal with this gain): each ReLU halves a random signal's
-    power, so at 1 (Metta's) a one-token cue reaches the memory smaller at every layer; 2 ** 0.5 keeps it (He's)."""
+    """Scale of the encoder's initial weights (fast and example: orthogonal with this gain): each ReLU halves a
+    random signal's power, so at 1 (Metta's) a one-token cue reaches the memory smaller at every layer; 2 ** 0.5
+    keeps it (He's)."""
     faults: str = ""
     """Comma-separated faults to switch on (trainer/collapse/faults.py), e.g. memoryless_rollout,no_relu, or the
     preset prefix (what the collapsing port had). Empty: the correct trainer."""
