@@ -10,6 +10,8 @@ learning benchmark made with the same options, and the per-update lines show it 
 Every minibatch of every update is logged (minibatches.csv): the advantages before normalisation (the policy loss
 divides them by their standard deviation), the value targets and the critic's error, the ratio's spread, the
 gradient norm, which parameter moved most relative to its size and Adam's second moment there, and the LSTM's cell.
+On a task with a cue, every update also logs how the policy carries it (updates.csv's cue_ columns:
+scripts/cue_signal.py's measure on 256 maps of its own, the same maps after every update).
 
 The breaking update is --at-update, or else the first update after the return reached --solved whose approx_kl
 exceeds --kl. From the state before it (a snapshot of everything a checkpoint holds), each variant re-runs that
@@ -48,7 +50,10 @@ import torch
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cue_signal import cue_signal  # noqa: E402
 from train import parse_config  # noqa: E402
+
+from envs import make_env  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
 
@@ -95,6 +100,9 @@ class ProbedTrainer(Trainer):
         self.update_kls: list[float] = []
         self.update_rows = 0
         self.train_step = self.probed_step
+        # the cue as the policy carries it after each update, on maps of its own (the run's env is not touched)
+        self.cue_env = (make_env(cfg.env, num_envs=256, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
+                        if getattr(self.env, "cue_row", -1) >= 0 else None)
 
     def learn(self):
         self.update_kls, self.update_rows = [], len(self.rows)  # this update's minibatches start here
@@ -151,10 +159,12 @@ class ProbedTrainer(Trainer):
         stats = self.env.episode_stats()
         summary = update_summary(self.rows[self.update_rows:])
         self.peak_spread = max(self.peak_spread, summary.get("adv_std", 0.0))
+        cue = cue_signal(self.policy, self.cue_env) if self.cue_env else None
         return {"update": self.update, "return": stats.get("return", float("nan")), "approx_kl": metrics["approx_kl"],
                 "kl_max": max(self.update_kls, default=0.0), "minibatches": len(self.update_kls),
                 "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"],
-                **summary}
+                **summary, **({f"cue_{k}": v for k, v in cue._asdict().items() if k.startswith(("memory", "action"))}
+                              if cue else {})}
 
 
 def update_summary(rows: list[dict]) -> dict:

@@ -9,16 +9,19 @@ how much the memory's output already differs between the two cues there, and gro
 small takes longer to grow. Each seed's policy is built as train.py builds it (the preset, then --train-args), the
 frozen steps are played on --maps maps, and between the maps whose cue says up and those whose cue says down this
 reports the distance between the mean encoder outputs on the first step and between the mean memory outputs on the
-first step the agent may act, each beside the mean norm of those outputs for scale.
+first step the agent may act, each beside the mean norm of those outputs for scale, and how differently the policy
+acts there (the total variation between the two groups' mean action distributions).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import tyro
@@ -26,6 +29,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train import parse_config  # noqa: E402
 from trainer.config import PRESETS  # noqa: E402
+from policies.base import RecurrentPolicy  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
 
 
@@ -43,11 +47,24 @@ class Args:
     """More train.py options (e.g. --encoder-gain 1.4142); the env is memory unless they name another with a cue."""
 
 
-def cue_signal(trainer: Trainer) -> tuple[float, float, float, float]:
-    """(encoder difference, encoder norm, memory difference, memory norm), as the docstring above says."""
-    env, policy = trainer.env, trainer.policy
+class CueSignal(NamedTuple):
+    """Between the maps whose cue says up and those whose cue says down: the distance between the mean encoder
+    outputs on the first step and between the mean memory outputs on the first free step, each beside the outputs'
+    mean norm, and the total variation between the two groups' mean action distributions on the first free step
+    (0: the policy acts alike whatever the cue; 1: never the same action)."""
+    encoder_gap: float
+    encoder_norm: float
+    memory_gap: float
+    memory_norm: float
+    action_gap: float
+
+
+def cue_signal(policy: RecurrentPolicy, env) -> CueSignal:
+    """The cue as `policy` carries it on `env` (a memory env, reset here); the policy is left as it was (a copy
+    plays the frozen steps), so a training run can be measured between updates without changing it."""
     if getattr(env, "cue_row", -1) < 0:
-        raise ValueError(f"the env {trainer.cfg.env!r} shows no cue: use --env memory, or a layout with a cue cell 'c'")
+        raise ValueError("this env shows no cue: use --env memory, or a layout with a cue cell 'c'")
+    policy = copy.deepcopy(policy)
     frozen = env.cfg.cue_steps + env.cfg.cue_delay
     td = env.reset()
     up = (env.decoy[:, env.altar_rows[0]] == 0).repeat_interleave(env.agents_per_env)  # the cue says up, per agent
@@ -63,11 +80,12 @@ def cue_signal(trainer: Trainer) -> tuple[float, float, float, float]:
                 first = x
             if step < frozen:
                 td = env.step(noop)
+        probs = policy._heads(h)[0].exp()
 
     def between_cues(t: torch.Tensor) -> tuple[float, float]:
         return float((t[up].mean(0) - t[~up].mean(0)).norm()), float(t.norm(dim=-1).mean())
 
-    return (*between_cues(first), *between_cues(h))
+    return CueSignal(*between_cues(first), *between_cues(h), float((probs[up].mean(0) - probs[~up].mean(0)).abs().sum() / 2))
 
 
 def main(args: Args) -> None:
@@ -76,7 +94,8 @@ def main(args: Args) -> None:
     if args.seeds < 1 or args.maps < 2:
         raise SystemExit("error: --seeds needs at least 1 and --maps at least 2")
     rows = []
-    print("seed | encoder: difference, norm | memory at the first free step: difference, norm")
+    print("seed | encoder: difference, norm | memory at the first free step: difference, norm | actions there: "
+          "total variation")
     with tempfile.TemporaryDirectory() as logs:
         for seed in range(args.seeds):
             # one minibatch: a batch of any number of maps divides into it (nothing here trains)
@@ -84,12 +103,16 @@ def main(args: Args) -> None:
                     "--minibatches", "1", *shlex.split(args.train_args)]
             try:
                 cfg, _ = parse_config(args.preset, argv)
-                rows.append(cue_signal(Trainer(cfg.replace(log_dir=logs, device="cpu"))))
+                trainer = Trainer(cfg.replace(log_dir=logs, device="cpu"))
+                rows.append(cue_signal(trainer.policy, trainer.env))
             except ValueError as e:
                 raise SystemExit(f"error: {e}") from None
-            print(f"{seed} | {rows[-1][0]:.4f}, {rows[-1][1]:.3f} | {rows[-1][2]:.5f}, {rows[-1][3]:.3f}")
-    mean = [sum(r[i] for r in rows) / len(rows) for i in range(4)]
-    print(f"mean | {mean[0]:.4f}, {mean[1]:.3f} | {mean[2]:.5f}, {mean[3]:.3f}")
+            print(f"{seed} | {format_signal(rows[-1])}")
+    print(f"mean | {format_signal(CueSignal(*(sum(r[i] for r in rows) / len(rows) for i in range(len(CueSignal._fields)))))}")
+
+
+def format_signal(s: CueSignal) -> str:
+    return f"{s.encoder_gap:.4f}, {s.encoder_norm:.3f} | {s.memory_gap:.5f}, {s.memory_norm:.3f} | {s.action_gap:.3g}"
 
 
 if __name__ == "__main__":

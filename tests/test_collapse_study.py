@@ -254,6 +254,7 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
     collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--variants", *others, "base"]))
     updates, variants = read("updates.csv"), {r["variant"]: r for r in read("variants.csv")}
     assert [int(r["update"]) for r in updates] == [1, 2]
+    assert all(float(r["cue_memory_gap"]) > 0 and 0 <= float(r["cue_action_gap"]) <= 1 for r in updates)
     assert variants["base"]["approx_kl"] == updates[1]["approx_kl"]
     assert all(variants[v]["approx_kl"] != updates[1]["approx_kl"] for v in others)
     assert int(variants["target_kl1e-6"]["minibatches"]) == 2  # the first minibatch's KL is 0; the second's passes it

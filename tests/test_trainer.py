@@ -439,10 +439,19 @@ def test_cue_signal_sees_the_cue_larger_with_hes_gain_and_a_longer_forget(tmp_pa
 
     def signal(**changes):
         cfg = TrainConfig(env="memory", num_envs=64, seed=0, log_dir=str(tmp_path), device="cpu").replace(**changes)
-        return cue.cue_signal(Trainer(cfg))
+        trainer = Trainer(cfg)
+        trainer.rollout()  # the policy's memory now holds the rollout's state, which measuring must leave as it is
+        before = {k: tuple(t.clone() for t in v) for k, v in trainer.policy.get_memory().items()}
+        measured = cue.cue_signal(trainer.policy, trainer.env)
+        after = trainer.policy.get_memory()
+        assert before.keys() == after.keys() and all(torch.equal(a, b) for k in before
+                                                      for a, b in zip(before[k], after[k]))
+        return measured
 
     plain, gain, both = signal(), signal(encoder_gain=2 ** 0.5), signal(encoder_gain=2 ** 0.5, lstm_forget_bias=2.0)
-    assert gain[0] == pytest.approx(4 * plain[0], rel=1e-4) and gain[1] == pytest.approx(4 * plain[1], rel=1e-4)
-    assert gain[2] > 2 * plain[2] and both[2] > 1.5 * gain[2]
+    assert gain.encoder_gap == pytest.approx(4 * plain.encoder_gap, rel=1e-4)
+    assert gain.encoder_norm == pytest.approx(4 * plain.encoder_norm, rel=1e-4)
+    assert gain.memory_gap > 2 * plain.memory_gap and both.memory_gap > 1.5 * gain.memory_gap
+    assert all(0 <= s.action_gap < 0.01 for s in (plain, gain, both))  # untrained: about the same actions either way
     with pytest.raises(ValueError, match="shows no cue: use --env memory"):
         signal(env="nav")
