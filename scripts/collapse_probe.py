@@ -11,7 +11,11 @@ Every minibatch of every update is logged (minibatches.csv): the advantages befo
 divides them by their standard deviation), the value targets and the critic's error, the ratio's spread, the
 gradient norm, which parameter moved most relative to its size and Adam's second moment there, and the LSTM's cell.
 On a task with a cue, every update also logs how the policy carries it (updates.csv's cue_ columns:
-scripts/cue_signal.py's measure on 256 maps of its own, the same maps after every update).
+scripts/cue_signal.py's measure on 256 maps of its own, the same maps after every update): the cue's gap in the
+memory and in the actions on the first free step. Each variant's re-run of the breaking update measures it after
+every minibatch (variants.csv: after the update, and the lowest action gap within it), and parts.csv says which
+parts of the policy carry what the breaking update (base) did to it: its change applied to one part alone, and to
+every part but that one.
 
 The breaking update is --at-update, or else the first update after the return reached --solved whose approx_kl
 exceeds --kl. From the state before it (a snapshot of everything a checkpoint holds), each variant re-runs that
@@ -99,13 +103,15 @@ class ProbedTrainer(Trainer):
         self.peak_spread = 0.0  # the largest advantage spread (mean over an update's minibatches) of any update so far
         self.update_kls: list[float] = []
         self.update_rows = 0
+        self.cue_each_minibatch = False  # the re-runs measure the cue after every minibatch (the replay, per update)
+        self.update_action_gaps: list[float] = []
         self.train_step = self.probed_step
         # the cue as the policy carries it after each update, on maps of its own (the run's env is not touched)
         self.cue_env = (make_env(cfg.env, num_envs=256, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
                         if getattr(self.env, "cue_row", -1) >= 0 else None)
 
     def learn(self):
-        self.update_kls, self.update_rows = [], len(self.rows)  # this update's minibatches start here
+        self.update_kls, self.update_rows, self.update_action_gaps = [], len(self.rows), []  # this update's own
         return super().learn()
 
     def probed_step(self, index, weights, advantages):
@@ -121,6 +127,8 @@ class ProbedTrainer(Trainer):
             return None
         kl = float(step["approx_kl"])
         self.update_kls.append(kl)
+        if self.cue_each_minibatch and self.cue_env:
+            self.update_action_gaps.append(cue_signal(self.policy, self.cue_env).action_gap)
         # relative to the parameter's size, floored so that a bias that starts at 0 is not infinitely "moved"
         moved = {n: float((p.detach() - before[n]).norm() / max(before[n].norm(), 0.01 * p.numel() ** 0.5))
                  for n, p in self.policy.named_parameters()}
@@ -159,12 +167,32 @@ class ProbedTrainer(Trainer):
         stats = self.env.episode_stats()
         summary = update_summary(self.rows[self.update_rows:])
         self.peak_spread = max(self.peak_spread, summary.get("adv_std", 0.0))
-        cue = cue_signal(self.policy, self.cue_env) if self.cue_env else None
+        cue = self.cue()
         return {"update": self.update, "return": stats.get("return", float("nan")), "approx_kl": metrics["approx_kl"],
                 "kl_max": max(self.update_kls, default=0.0), "minibatches": len(self.update_kls),
                 "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"],
-                **summary, **({f"cue_{k}": v for k, v in cue._asdict().items() if k.startswith(("memory", "action"))}
-                              if cue else {})}
+                **summary, **cue}
+
+    def cue(self, policy=None) -> dict:
+        """The cue as `policy` (this run's, unless given) carries it: its gap in the memory and in the actions."""
+        if not self.cue_env:
+            return {}
+        signal = cue_signal(policy or self.policy, self.cue_env)
+        return {"cue_memory_gap": signal.memory_gap, "cue_action_gap": signal.action_gap}
+
+    def cue_by_part(self, before: dict[str, torch.Tensor]) -> list[dict]:
+        """Which of the policy's parts (encoder, memory, actor, critic) carry the change the last update made to the
+        cue: the cue with `before`'s weights and that part's alone updated, and with every part but it updated."""
+        after = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+        rows = []
+        for part in dict.fromkeys(n.split(".")[0] for n in after):
+            for alone in (True, False):
+                mixed = copy.deepcopy(self.policy)
+                with torch.no_grad():
+                    for n, p in mixed.named_parameters():
+                        p.copy_(after[n] if n.startswith(part + ".") == alone else before[n])
+                rows.append({"updated": part if alone else f"all but {part}", **self.cue(mixed)})
+        return rows
 
 
 def update_summary(rows: list[dict]) -> dict:
@@ -300,9 +328,18 @@ def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> li
         trainer.load_state_dict(copy.deepcopy(snapshot))  # the env's episode counts too: nothing of the last variant
         trainer.rows, trainer.peak_spread = list(before), peak
         apply_variant(trainer, variant, cfg)
-        rows = [trainer.one_update() for _ in range(1 + args.follow)]
+        weights = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+        trainer.cue_each_minibatch = True
+        rows = [trainer.one_update()]
+        gaps = trainer.update_action_gaps
+        if variant == "base" and trainer.cue_env:
+            write_csv(os.path.join(args.out, "parts.csv"), trainer.cue_by_part(weights))
+        trainer.cue_each_minibatch = False
+        rows += [trainer.one_update() for _ in range(args.follow)]
         results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
                         "minibatches": rows[0]["minibatches"],
+                        **{k: rows[0][k] for k in ("cue_memory_gap", "cue_action_gap") if k in rows[0]},
+                        **({"cue_action_gap_min": min(gaps)} if gaps else {}),
                         **{f"return_{i}": r["return"] for i, r in enumerate(rows[1:], 1)}})
         print(variant, " ".join(f"{k} {v:.3g}" for k, v in results[-1].items() if k != "variant"), flush=True)
     return results

@@ -60,13 +60,14 @@ class CueSignal(NamedTuple):
 
 
 def cue_signal(policy: RecurrentPolicy, env) -> CueSignal:
-    """The cue as `policy` carries it on `env` (a memory env, reset here); the policy is left as it was (a copy
-    plays the frozen steps), so a training run can be measured between updates without changing it."""
+    """The cue as `policy` carries it on `env` (a memory env, reset here to the maps of its seed); the policy is left
+    as it was (a copy plays the frozen steps), so a training run can be measured between updates without changing
+    it."""
     if getattr(env, "cue_row", -1) < 0:
         raise ValueError("this env shows no cue: use --env memory, or a layout with a cue cell 'c'")
     policy = copy.deepcopy(policy)
     frozen = env.cfg.cue_steps + env.cfg.cue_delay
-    td = env.reset()
+    td = env.reset(seed=env.cfg.seed)  # the same maps at every call: measures of one run's updates compare
     up = (env.decoy[:, env.altar_rows[0]] == 0).repeat_interleave(env.agents_per_env)  # the cue says up, per agent
     if up.all() or not up.any():
         raise ValueError("every map drew the same cue: play more --maps")

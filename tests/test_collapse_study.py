@@ -255,6 +255,15 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
     updates, variants = read("updates.csv"), {r["variant"]: r for r in read("variants.csv")}
     assert [int(r["update"]) for r in updates] == [1, 2]
     assert all(float(r["cue_memory_gap"]) > 0 and 0 <= float(r["cue_action_gap"]) <= 1 for r in updates)
+    base = variants["base"]
+    assert float(base["cue_action_gap_min"]) <= float(base["cue_action_gap"])
+    # the critic does not act: the breaking update's change to every part but it is the whole change to the cue,
+    # and to it alone none (the cue as after update 1)
+    parts = {r["updated"]: r for r in read("parts.csv")}
+    assert set(parts) == {f"{a}{p}" for p in ("encoder", "memory", "critic", "actor") for a in ("", "all but ")}
+    assert parts["all but critic"]["cue_action_gap"] == base["cue_action_gap"]
+    assert parts["critic"]["cue_memory_gap"] == updates[0]["cue_memory_gap"]
+    assert parts["memory"]["cue_memory_gap"] != updates[0]["cue_memory_gap"]
     assert variants["base"]["approx_kl"] == updates[1]["approx_kl"]
     assert all(variants[v]["approx_kl"] != updates[1]["approx_kl"] for v in others)
     assert int(variants["target_kl1e-6"]["minibatches"]) == 2  # the first minibatch's KL is 0; the second's passes it

@@ -446,6 +446,7 @@ def test_cue_signal_sees_the_cue_larger_with_hes_gain_and_a_longer_forget(tmp_pa
         after = trainer.policy.get_memory()
         assert before.keys() == after.keys() and all(torch.equal(a, b) for k in before
                                                       for a, b in zip(before[k], after[k]))
+        assert cue.cue_signal(trainer.policy, trainer.env) == measured  # the same maps every time
         return measured
 
     plain, gain, both = signal(), signal(encoder_gain=2 ** 0.5), signal(encoder_gain=2 ** 0.5, lstm_forget_bias=2.0)
