@@ -15,9 +15,9 @@ is shown beside it. Per task and configuration, over seeds (mean ± sd):
     ev, kl, clip     explained variance, approx_kl and clip fraction over the last 10% of updates
 
 and for the arena, each seed's hearts per agent-episode over the last 10% of updates; for memory, where each seed
-learns the cue or not, the step at which each seed's return first passed PASS_MARK of the scripted score, and each
-fall of more than DROP below its best after that (a collapse), judged per update (per POOL_STEPS agent steps where
-updates are shorter).
+learns the cue or not, the step at which each seed's return first passed PASS_MARK of the scripted score, each fall
+of more than DROP below its best after that (a collapse) and the step it was back past PASS_MARK, judged per update
+(per POOL_STEPS agent steps where updates are shorter).
 
 Writes --out/summary.md and --out/learning.png (needs the plots extra).
 """
@@ -157,16 +157,17 @@ def pooled(steps: list[int], values: list[float], min_steps: int) -> tuple[list[
 
 def passed(steps: list[int], values: list[float], mark: float, drop: float) -> tuple[int | None, list[tuple]]:
     """The first step whose return reaches `mark` (None: never), and the collapses after it: (step, best so far,
-    the return) where a return falls more than `drop` below the best so far, once per fall (the next counts after a
-    recovery to within `drop`)."""
+    the return, the first later step whose return reaches `mark` again or None) where a return falls more than
+    `drop` below the best so far, once per fall (the next counts after a recovery to within `drop`)."""
     first = next((step for step, value in zip(steps, values) if value >= mark), None)
     falls, best, down = [], -math.inf, False
-    for step, value in zip(steps, values):
+    for i, (step, value) in enumerate(zip(steps, values)):
         if first is None or step < first or not math.isfinite(value):  # a NaN return is no fall and no recovery
             continue
         best = max(best, value)
         if best - value > drop and not down:
-            falls.append((step, best, value))
+            back = next((later for later, v in zip(steps[i + 1:], values[i + 1:]) if v >= mark), None)
+            falls.append((step, best, value, back))
         down = best - value > drop
     return first, falls
 
@@ -205,11 +206,13 @@ def table(results: list[tuple[list[dict], dict]], header: str, window: float = 0
     if marked:
         lines += ["", "Each seed's first update past the pass mark (fractions of the scripted score, per update or per "
                   f"{POOL_STEPS:,} agent steps where updates are shorter), by seed from seed 0, and the collapses after "
-                  f"it (a fall of more than {DROP} below the best so far: step, best -> return):"]
+                  f"it (a fall of more than {DROP} below the best so far: step, best -> return, and when the return "
+                  "was back past the mark, if it came back):"]
         for row in marked:
             firsts = ", ".join("-" if first is None else f"{first / 1e6:.2f}M" for first, _ in row["passed"].values())
-            falls = [f"seed {seed} at {step / 1e6:.2f}M ({best:.2f} -> {value:.2f})"
-                     for seed, (_, seed_falls) in row["passed"].items() for step, best, value in seed_falls]
+            falls = [f"seed {seed} at {step / 1e6:.2f}M ({best:.2f} -> {value:.2f}, "
+                     f"{'not back' if back is None else f'back at {back / 1e6:.2f}M'})"
+                     for seed, (_, seed_falls) in row["passed"].items() for step, best, value, back in seed_falls]
             count = sum(first is not None for first, _ in row["passed"].values())
             lines.append(f"- {row['task']} {row['config']}: past {PASS_MARK[row['task']]:.0%} in {count} of "
                          f"{len(row['passed'])} ({firsts}); collapses: {'; '.join(falls) or 'none'}")

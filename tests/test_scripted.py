@@ -66,12 +66,12 @@ def test_learning_bench_names_each_seeds_pass_and_every_collapse_after_it():
     steps = [1000 * (i + 1) for i in range(9)]
     #                  passes at 3,000; falls 0.3 below 1.0 at 5,000 (one collapse), again at 8,000 after recovering
     first, falls = learning_bench.passed(steps, [0.2, 0.5, 0.96, 1.0, 0.7, 0.6, 0.95, 0.75, 0.9], 0.95, 0.2)
-    assert first == 3000 and falls == [(5000, 1.0, 0.7), (8000, 1.0, 0.75)]
+    assert first == 3000 and falls == [(5000, 1.0, 0.7, 7000), (8000, 1.0, 0.75, None)]  # back at 7,000; not again
     assert learning_bench.passed(steps, [0.2, 0.5, 0.9, 0.3] + [0.9] * 5, 0.95, 0.2) == (None, [])  # never passed
     assert learning_bench.passed(steps, [0.9, 0.3, 0.96, 1.0] + [0.9] * 5, 0.95, 0.2) == (3000, [])  # a fall before it
     assert learning_bench.passed(steps, [0.96, 0.77] + [0.9] * 7, 0.95, 0.2) == (1000, [])  # 0.19 below: not one
     nan = float("nan")  # a NaN neither falls nor recovers: one fall, counted once
-    assert learning_bench.passed(steps, [1.0, 0.5, nan, 0.5, 1.0] + [1.0] * 4, 0.95, 0.2) == (1000, [(2000, 1.0, 0.5)])
+    assert learning_bench.passed(steps, [1.0, 0.5, nan, 0.5, 1.0] + [1.0] * 4, 0.95, 0.2) == (1000, [(2000, 1.0, 0.5, 5000)])
     # updates shorter than the pool are judged together: a lucky 1.0 of a few episodes is no pass; NaNs are left out
     # (NaN where a pool has no return at all), and a last pool shorter than the rest is dropped
     ends, means = learning_bench.pooled(steps, [1.0, 0.0, 0.5, nan, 0.5, nan, nan, nan, 1.0], 2500)
@@ -83,6 +83,7 @@ def test_learning_bench_names_each_seeds_pass_and_every_collapse_after_it():
     assert learning_bench.pooled(steps, [0.5] * 9, 1000) == (steps, [0.5] * 9)  # updates as long as the pool: unchanged
 
     row = {"task": "memory", "config": "a", "seeds": 2, "final": (0.9, 0.1), "best": (1.0, 0.0), "ev": 0.5, "kl": 0.01,
-           "clip": 0.1, "passed": {0: (3000, [(5000, 1.0, 0.7)]), 1: (None, [])}}
+           "clip": 0.1, "passed": {0: (3000, [(5000, 1.0, 0.7, 6000), (8000, 1.0, 0.75, None)]), 1: (None, [])}}
     text = learning_bench.table([([row], {"scripted": 1.0, "random": 0.1})], "header")
-    assert "- memory a: past 95% in 1 of 2 (0.00M, -); collapses: seed 0 at 0.01M (1.00 -> 0.70)" in text
+    assert ("- memory a: past 95% in 1 of 2 (0.00M, -); collapses: seed 0 at 0.01M (1.00 -> 0.70, back at 0.01M); "
+            "seed 0 at 0.01M (1.00 -> 0.75, not back)") in text
