@@ -27,7 +27,8 @@ import tyro
 from learning_bench import BUDGETS, reference_scores, tail_mean
 from trainer.collapse.verdict import seed_numbers
 from trainer.config import PRESETS, TrainConfig
-from trainer.runs import Study, claim, read_curves, read_runs, read_scalars, threads_per_run, train, write_curves
+from trainer.runs import (Study, claim, read_curves, read_runs, read_scalars, run_name, threads_per_run, train,
+                          write_curves)
 
 
 @dataclass
@@ -149,7 +150,7 @@ def main(args: Args) -> None:
                 trial.set_user_attr("error", row["error"])
                 print(f"{name}: CRASHED: {row['error']}  {shlex.join(options)}", flush=True)
                 return math.nan  # Optuna records a failed trial
-            steps, values = read_scalars(os.path.join(out, f"{name}_seed{seed}"))["episode/return"]
+            steps, values = read_scalars(os.path.join(out, run_name(name, seed)))["episode/return"]
             scores.append(seed_numbers(steps, values, args.window, 0.0).final / scripted)
         print(f"{name}: {sum(scores) / len(scores):.3f} of the scripted score  {shlex.join(options)}", flush=True)
         return sum(scores) / len(scores)

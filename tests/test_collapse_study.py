@@ -132,6 +132,11 @@ def test_reproduce_collapse_reports_a_crash_resumes_and_extends(tmp_path, capsys
     os.remove(tmp_path / "curves.csv")
     s.main(args.__class__(**{**vars(args), "analyze_only": True}))
     assert (tmp_path / "curves.csv").read_text() == curves and (tmp_path / "summary.md").read_text() == summary
+    # one stopped after a run finished and before it wrote curves.csv again: the run missing from it is read in
+    (tmp_path / "curves.csv").write_text("".join(line for line in curves.splitlines(keepends=True)
+                                                 if not line.startswith("fixed,")))
+    s.main(args.__class__(**{**vars(args), "analyze_only": True}))
+    assert (tmp_path / "curves.csv").read_text() == curves and (tmp_path / "summary.md").read_text() == summary
     # an interrupted run (a folder without its row in runs.csv) is done again; finished ones are skipped
     os.makedirs(tmp_path / "fixed_seed1")
     capsys.readouterr()

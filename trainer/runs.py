@@ -84,9 +84,14 @@ def read_runs(out: str) -> dict[tuple[str, int], dict]:
         return {(row["config"], int(row["seed"])): row for row in csv.DictReader(f)}
 
 
+def run_name(config: str, seed: int) -> str:
+    """A run's folder in the study's folder."""
+    return f"{config}_seed{seed}"
+
+
 def finished(out: str, runs: dict, config: str, seed: int) -> bool:
     """It has its row in runs.csv, and its TensorBoard log (unless it crashed before writing one)."""
-    run_dir = os.path.join(out, f"{config}_seed{seed}")
+    run_dir = os.path.join(out, run_name(config, seed))
     return (config, seed) in runs and (bool(runs[(config, seed)]["error"]) or os.path.isdir(run_dir) and any(
         name.startswith("events.out.tfevents") for name in os.listdir(run_dir)))
 
@@ -96,12 +101,12 @@ def train(out: str, study: Study, name: str, options: list[str], seed: int, thre
     """One run of train.py, from scratch; its row goes to runs.csv when it ends (a crash is a finished run too).
     A run stopped by Ctrl-C or SIGTERM (exit code 130, 143) or killed by a signal writes no row: None, and the next
     call redoes it."""
-    run_dir = os.path.join(out, f"{name}_seed{seed}")
+    run_dir = os.path.join(out, run_name(name, seed))
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again: a curve is never appended to
     os.makedirs(run_dir)
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--preset", study.preset,
            "--policy", study.policy, "--env", study.env, "--total-steps", str(study.budget), "--seed", str(seed),
-           "--torch-threads", str(threads), "--log-dir", out, "--run-name", f"{name}_seed{seed}",
+           "--torch-threads", str(threads), "--log-dir", out, "--run-name", run_name(name, seed),
            "--checkpoint-interval", str(10 ** 9), *shlex.split(study.train_args), *options]
     start, code = time.perf_counter(), commit()  # the code the run starts with, whatever changes while it runs
     with open(os.path.join(run_dir, "train.log"), "w") as log:
@@ -176,7 +181,7 @@ def run_all(out: str, study: Study, configs: dict[str, list[str]], seeds: int, j
     pool = ThreadPoolExecutor(jobs)
     try:
         work = {pool.submit(train, out, study, name, configs[name], seed, threads, keep_checkpoints, ledger):
-                f"{name}_seed{seed}" for name, seed in todo}
+                run_name(name, seed) for name, seed in todo}
         for i, future in enumerate(as_completed(work), 1):
             row = future.result()
             status = "interrupted" if row is None else "CRASHED: " + row["error"] if row["error"] else "done"
@@ -200,7 +205,7 @@ def read_scalars(run: str) -> Curves:
 
 def write_curves(out: str) -> None:
     runs = read_runs(out)
-    curves = {key: read_scalars(os.path.join(out, f"{key[0]}_seed{key[1]}")) for key in runs
+    curves = {key: read_scalars(os.path.join(out, run_name(*key))) for key in runs
               if finished(out, runs, *key)}
     tags = sorted({tag for c in curves.values() for tag in c})
     with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
@@ -217,14 +222,23 @@ def write_curves(out: str) -> None:
 
 
 def read_curves(out: str) -> dict[tuple[str, int], Curves]:
-    """curves.csv, written first from the finished runs' logs if the runner never got to it (it was interrupted);
-    ValueError if there is no finished run to read."""
+    """curves.csv, written again from the finished runs' logs where it lacks one of them (the runner was interrupted
+    before it got to it); ValueError if there is no finished run to read."""
     path = os.path.join(out, "curves.csv")
-    if not os.path.exists(path):
-        runs = read_runs(out)
-        if not any(finished(out, runs, *key) for key in runs):
-            raise ValueError(f"{out} has no finished run yet (no curves.csv, no row in runs.csv): run the study first")
-        write_curves(out)
+    runs = read_runs(out)
+    if not os.path.exists(path) and not any(finished(out, runs, *key) for key in runs):
+        raise ValueError(f"{out} has no finished run yet (no curves.csv, no row in runs.csv): run the study first")
+    if os.path.exists(path):
+        curves = parse_curves(path)
+        logged = {key for key in runs if finished(out, runs, *key) and os.path.isdir(os.path.join(out, run_name(*key)))}
+        if logged <= set(curves):
+            return curves
+    write_curves(out)
+    return parse_curves(path)
+
+
+def parse_curves(path: str) -> dict[tuple[str, int], Curves]:
+    """curves.csv as (config, seed) -> tag -> (steps, values)."""
     curves: dict[tuple[str, int], Curves] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
