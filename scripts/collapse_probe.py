@@ -54,7 +54,7 @@ import torch
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cue_signal import cue_signal  # noqa: E402
+from cue_signal import cue_signal, has_cue  # noqa: E402
 from train import parse_config  # noqa: E402
 
 from envs import make_env  # noqa: E402
@@ -91,6 +91,9 @@ class Args:
     run) instead of replaying the run to it."""
 
 
+CUE_MAPS = 256  # maps the cue is measured on after each update (about half show each cue)
+
+
 class ProbedTrainer(Trainer):
     """The trainer with every minibatch's step measured from outside; `rows` collects them. `target_kl` > 0 skips
     the rest of an update once the mean approx_kl of its minibatches passes it."""
@@ -107,8 +110,8 @@ class ProbedTrainer(Trainer):
         self.update_action_gaps: list[float] = []
         self.train_step = self.probed_step
         # the cue as the policy carries it after each update, on maps of its own (the run's env is not touched)
-        self.cue_env = (make_env(cfg.env, num_envs=256, seed=cfg.seed, device=str(self.device), **cfg.env_overrides)
-                        if getattr(self.env, "cue_row", -1) >= 0 else None)
+        self.cue_env = (make_env(cfg.env, num_envs=CUE_MAPS, seed=cfg.seed, device=str(self.device),
+                                 **cfg.env_overrides) if has_cue(self.env) else None)
 
     def learn(self):
         self.update_kls, self.update_rows, self.update_action_gaps = [], len(self.rows), []  # this update's own
@@ -117,7 +120,7 @@ class ProbedTrainer(Trainer):
     def probed_step(self, index, weights, advantages):
         if self.target_kl and self.update_kls and sum(self.update_kls) / len(self.update_kls) > self.target_kl:
             return None
-        before = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+        before = self.weights()
         scaled = advantages
         if self.adv_scale:  # the variant's own scaling; the loss then takes them as given (norm_adv off)
             scale = self.returns.std() if self.adv_scale == "returns" else max(float(advantages.std()), self.peak_spread)
@@ -173,24 +176,28 @@ class ProbedTrainer(Trainer):
                 "explained_variance": metrics["explained_variance"], "entropy": metrics["entropy"],
                 **summary, **cue}
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the policy's parameters, by name."""
+        return {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+
     def cue(self, policy=None) -> dict:
         """The cue as `policy` (this run's, unless given) carries it: its gap in the memory and in the actions."""
         if not self.cue_env:
             return {}
-        signal = cue_signal(policy or self.policy, self.cue_env)
+        signal = cue_signal(self.policy if policy is None else policy, self.cue_env)
         return {"cue_memory_gap": signal.memory_gap, "cue_action_gap": signal.action_gap}
 
     def cue_by_part(self, before: dict[str, torch.Tensor]) -> list[dict]:
         """Which of the policy's parts (encoder, memory, actor, critic) carry the change the last update made to the
         cue: the cue with `before`'s weights and that part's alone updated, and with every part but it updated."""
-        after = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+        after = self.weights()
         rows = []
         for part in dict.fromkeys(n.split(".")[0] for n in after):
             for alone in (True, False):
                 mixed = copy.deepcopy(self.policy)
                 with torch.no_grad():
                     for n, p in mixed.named_parameters():
-                        p.copy_(after[n] if n.startswith(part + ".") == alone else before[n])
+                        p.copy_(after[n] if (n == part or n.startswith(part + ".")) == alone else before[n])
                 rows.append({"updated": part if alone else f"all but {part}", **self.cue(mixed)})
         return rows
 
@@ -301,7 +308,9 @@ def main(args: Args) -> None:
 
 def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> list[dict]:
     """Each variant's re-run of the breaking update from the state before it (replayed, or --reuse-snapshot's)."""
-    saved = os.path.join(args.out, "snapshot.pt")
+    saved, parts = os.path.join(args.out, "snapshot.pt"), os.path.join(args.out, "parts.csv")
+    if os.path.exists(parts):
+        os.remove(parts)  # an earlier probe's: this one writes its own, with base among its variants
     if args.reuse_snapshot:
         if not os.path.exists(saved):
             raise SystemExit(f"error: --reuse-snapshot: there is no {saved}; run the probe once without it")
@@ -328,12 +337,12 @@ def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> li
         trainer.load_state_dict(copy.deepcopy(snapshot))  # the env's episode counts too: nothing of the last variant
         trainer.rows, trainer.peak_spread = list(before), peak
         apply_variant(trainer, variant, cfg)
-        weights = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+        weights = trainer.weights()
         trainer.cue_each_minibatch = True
         rows = [trainer.one_update()]
         gaps = trainer.update_action_gaps
         if variant == "base" and trainer.cue_env:
-            write_csv(os.path.join(args.out, "parts.csv"), trainer.cue_by_part(weights))
+            write_csv(parts, trainer.cue_by_part(weights))
         trainer.cue_each_minibatch = False
         rows += [trainer.one_update() for _ in range(args.follow)]
         results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],

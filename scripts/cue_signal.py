@@ -28,8 +28,8 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train import parse_config  # noqa: E402
-from trainer.config import PRESETS  # noqa: E402
 from policies.base import RecurrentPolicy  # noqa: E402
+from trainer.config import PRESETS  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
 
 
@@ -59,11 +59,16 @@ class CueSignal(NamedTuple):
     action_gap: float
 
 
+def has_cue(env) -> bool:
+    """The env's maps show a cue (the memory task, or a layout with a cue cell)."""
+    return getattr(env, "cue_row", -1) >= 0
+
+
 def cue_signal(policy: RecurrentPolicy, env) -> CueSignal:
     """The cue as `policy` carries it on `env` (a memory env, reset here to the maps of its seed); the policy is left
-    as it was (a copy plays the frozen steps), so a training run can be measured between updates without changing
-    it."""
-    if getattr(env, "cue_row", -1) < 0:
+    as it was (a copy plays the frozen steps), so a training run measured between updates on an env of its own is
+    not changed."""
+    if not has_cue(env):
         raise ValueError("this env shows no cue: use --env memory, or a layout with a cue cell 'c'")
     policy = copy.deepcopy(policy)
     frozen = env.cfg.cue_steps + env.cfg.cue_delay
@@ -86,7 +91,8 @@ def cue_signal(policy: RecurrentPolicy, env) -> CueSignal:
     def between_cues(t: torch.Tensor) -> tuple[float, float]:
         return float((t[up].mean(0) - t[~up].mean(0)).norm()), float(t.norm(dim=-1).mean())
 
-    return CueSignal(*between_cues(first), *between_cues(h), float((probs[up].mean(0) - probs[~up].mean(0)).abs().sum() / 2))
+    action_gap = float((probs[up].mean(0) - probs[~up].mean(0)).abs().sum() / 2)  # total variation
+    return CueSignal(*between_cues(first), *between_cues(h), action_gap)
 
 
 def main(args: Args) -> None:
@@ -109,7 +115,7 @@ def main(args: Args) -> None:
             except ValueError as e:
                 raise SystemExit(f"error: {e}") from None
             print(f"{seed} | {format_signal(rows[-1])}")
-    print(f"mean | {format_signal(CueSignal(*(sum(r[i] for r in rows) / len(rows) for i in range(len(CueSignal._fields)))))}")
+    print(f"mean | {format_signal(CueSignal(*(sum(column) / len(rows) for column in zip(*rows))))}")
 
 
 def format_signal(s: CueSignal) -> str:

@@ -71,7 +71,8 @@ def test_learning_bench_names_each_seeds_pass_and_every_collapse_after_it():
     assert learning_bench.passed(steps, [0.9, 0.3, 0.96, 1.0] + [0.9] * 5, 0.95, 0.2) == (3000, [])  # a fall before it
     assert learning_bench.passed(steps, [0.96, 0.77] + [0.9] * 7, 0.95, 0.2) == (1000, [])  # 0.19 below: not one
     nan = float("nan")  # a NaN neither falls nor recovers: one fall, counted once
-    assert learning_bench.passed(steps, [1.0, 0.5, nan, 0.5, 1.0] + [1.0] * 4, 0.95, 0.2) == (1000, [(2000, 1.0, 0.5, 5000)])
+    assert learning_bench.passed(steps, [1.0, 0.5, nan, 0.5, 1.0] + [1.0] * 4, 0.95, 0.2) == (1000,
+                                                                                         [(2000, 1.0, 0.5, 5000)])
     # updates shorter than the pool are judged together: a lucky 1.0 of a few episodes is no pass; NaNs are left out
     # (NaN where a pool has no return at all), and a last pool shorter than the rest is dropped
     ends, means = learning_bench.pooled(steps, [1.0, 0.0, 0.5, nan, 0.5, nan, nan, nan, 1.0], 2500)

@@ -89,11 +89,15 @@ def run_name(config: str, seed: int) -> str:
     return f"{config}_seed{seed}"
 
 
+def has_log(out: str, config: str, seed: int) -> bool:
+    """The run's folder holds its TensorBoard log."""
+    run_dir = os.path.join(out, run_name(config, seed))
+    return os.path.isdir(run_dir) and any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+
+
 def finished(out: str, runs: dict, config: str, seed: int) -> bool:
     """It has its row in runs.csv, and its TensorBoard log (unless it crashed before writing one)."""
-    run_dir = os.path.join(out, run_name(config, seed))
-    return (config, seed) in runs and (bool(runs[(config, seed)]["error"]) or os.path.isdir(run_dir) and any(
-        name.startswith("events.out.tfevents") for name in os.listdir(run_dir)))
+    return (config, seed) in runs and (bool(runs[(config, seed)]["error"]) or has_log(out, config, seed))
 
 
 def train(out: str, study: Study, name: str, options: list[str], seed: int, threads: int,
@@ -204,11 +208,13 @@ def read_scalars(run: str) -> Curves:
 
 
 def write_curves(out: str) -> None:
-    runs = read_runs(out)
-    curves = {key: read_scalars(os.path.join(out, run_name(*key))) for key in runs
-              if finished(out, runs, *key)}
+    """curves.csv from every finished run's log; a run whose log is gone keeps the rows it had (nothing is lost)."""
+    runs, path = read_runs(out), os.path.join(out, "curves.csv")
+    curves = {key: c for key, c in (parse_curves(path) if os.path.exists(path) else {}).items()
+              if key in runs and not has_log(out, *key)}
+    curves.update({key: read_scalars(os.path.join(out, run_name(*key))) for key in runs if has_log(out, *key)})
     tags = sorted({tag for c in curves.values() for tag in c})
-    with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
+    with open(path + ".tmp", "w", newline="") as f:  # replaced whole below: a reader never sees half of it
         writer = csv.writer(f)
         writer.writerow(["config", "seed", "step", *tags])
         for (config, seed), c in curves.items():
@@ -219,6 +225,7 @@ def write_curves(out: str) -> None:
             for step in sorted(by_step):
                 values = (by_step[step].get(tag) for tag in tags)  # TensorBoard keeps float32: 9 digits are exact
                 writer.writerow([config, seed, step, *("" if v is None else f"{v:.9g}" for v in values)])
+    os.replace(path + ".tmp", path)
 
 
 def read_curves(out: str) -> dict[tuple[str, int], Curves]:
@@ -226,13 +233,13 @@ def read_curves(out: str) -> dict[tuple[str, int], Curves]:
     before it got to it); ValueError if there is no finished run to read."""
     path = os.path.join(out, "curves.csv")
     runs = read_runs(out)
-    if not os.path.exists(path) and not any(finished(out, runs, *key) for key in runs):
-        raise ValueError(f"{out} has no finished run yet (no curves.csv, no row in runs.csv): run the study first")
     if os.path.exists(path):
         curves = parse_curves(path)
-        logged = {key for key in runs if finished(out, runs, *key) and os.path.isdir(os.path.join(out, run_name(*key)))}
-        if logged <= set(curves):
+        # a crashed run may have logged nothing: only runs that ended well must have curves
+        if all(key in curves for key in runs if has_log(out, *key) and not runs[key]["error"]):
             return curves
+    elif not any(finished(out, runs, *key) for key in runs):
+        raise ValueError(f"{out} has no finished run yet (no curves.csv, no row in runs.csv): run the study first")
     write_curves(out)
     return parse_curves(path)
 
