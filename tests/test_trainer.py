@@ -429,6 +429,19 @@ def test_credit_reports_the_trainers_own_advantages(tmp_path, capsys):
             credit.credit(credit.Args(checkpoint=trainer.checkpoint_path, **bad))
 
 
+def test_cue_across_segments_counts_the_episodes_a_segments_start_cuts_the_cue_from_its_choice():
+    """scripts/cue_across_segments.py, behind docs/learning.md's "Memory across a segment's start": segments no
+    longer than the cue's wait (cue_delay + 1 steps from the cue's last step to the first free one) cut every
+    episode, segments as long as the whole play none, and one in between some."""
+    cut = load_script("cue_across_segments")
+    args = cut.Args(bptt=[9, 16, 60], env_overrides={"cue_delay": 8}, maps=8, rollouts=1)  # 60 steps of play
+    fractions = cut.cut_fractions(args)
+    assert fractions[9][1] == 1.0 and fractions[60][1] == 0.0 and 0 < fractions[16][1] < 1
+    assert fractions[9][0] == fractions[16][0] > 8  # the same episodes, each counted once per bptt
+    with pytest.raises(ValueError, match="desync_episodes=1 starts episodes mid-way"):
+        cut.cut_fractions(cut.Args(env_overrides={"desync_episodes": 1}, maps=2, rollouts=1))
+
+
 def test_cue_signal_sees_the_cue_larger_with_hes_gain_and_a_longer_forget(tmp_path, monkeypatch):
     """scripts/cue_signal.py, behind docs/learning.md's "The cue's size at the start": the gain reaches every one of
     Fast's four ReLU layers (the encoder's output is gain ** 4 times as large: ReLUs are homogeneous), and the cue
