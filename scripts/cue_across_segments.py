@@ -53,11 +53,10 @@ def cut_fractions(args: Args) -> dict[int, tuple[int, float]]:
     for t in range(max(args.bptt) * args.rollouts):
         td = env.step(player.act())
         ended = (td["dones"] | td["truncateds"]).bool()  # this observation is a new episode's first
-        for s in starts[ended].tolist():
+        for s in starts[ended & (starts > 0)].tolist():  # the first episodes, started together, are left out
             for b in args.bptt:  # a segment starts at every multiple of b; one at s + cue or later cuts the cue off
-                if s > 0:
-                    counts[b][0] += 1
-                    counts[b][1] += (s + free) // b * b >= s + cue
+                counts[b][0] += 1
+                counts[b][1] += (s + free) // b * b >= s + cue
         starts[ended] = t + 1
     return {b: (n, cut / n if n else float("nan")) for b, (n, cut) in counts.items()}
 
