@@ -9,7 +9,9 @@ replayed update by update in this process: runs are deterministic on one machine
 learning benchmark made with the same options, and the per-update lines show it (return, approx_kl).
 Every minibatch of every update is logged (minibatches.csv): the advantages before normalisation (the policy loss
 divides them by their standard deviation), the value targets and the critic's error, the ratio's spread, the
-gradient norm, which parameter moved most relative to its size and Adam's second moment there, and the LSTM's cell.
+gradient norm, which parameter moved most relative to its size and Adam's second moment there, the largest RMS of
+g^2 / v over the parameters (trainer/update_clip.py: far above 1 where a gradient outgrows its history), and the
+LSTM's cell.
 On a task with a cue, every update also logs how the policy carries it (updates.csv's cue_ columns:
 scripts/cue_signal.py's measure on 256 maps of its own, the same maps after every update): the cue's gap in the
 memory and in the actions on the first free step. Each variant's re-run of the breaking update measures it after
@@ -35,6 +37,7 @@ and the return of the rollouts after it. A variant changes the update from insid
                     (return-based scaling), not their own
     scale_peak      advantages centred per minibatch and divided by the larger of their own spread and the largest
                     spread of any earlier update (mean over its minibatches)
+    update_clip     each tensor's Adam step divided by max(1, RMS(g^2 / v)) (--adam-update-clip)
     reshuffleX      the same update with its minibatches drawn again, from sampler seed X (another draw of its
                     segments): a control, since any change to a chaotic run may avoid one bad update by chance
     a+b             both changes
@@ -60,6 +63,7 @@ from train import parse_config  # noqa: E402
 from envs import make_env  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
+from trainer.update_clip import UpdateClippedAdam, update_rms  # noqa: E402
 
 
 @dataclass
@@ -143,6 +147,10 @@ class ProbedTrainer(Trainer):
         v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** t)
         m_hat = state["exp_avg"] / (1 - group["betas"][0] ** t)
         adam_step = m_hat.abs() / (v_hat.sqrt() + group["eps"])  # the step in units of the learning rate
+        rms = {n: float(update_rms(p.grad, self.optimizer.state[p]["exp_avg_sq"], self.optimizer.state[p]["step"],
+                                   group["betas"][1], group["eps"]))
+               for n, p in self.policy.named_parameters() if p.grad is not None}
+        spiked = max(rms, key=rms.get)
         ratio = step["ratio"]
         returns, values = self.returns[index], self.buffer.data["values"][index]
         cells = [c for _, c in self.policy.get_memory().values()]
@@ -157,7 +165,7 @@ class ProbedTrainer(Trainer):
             "ratio_p99": float(ratio.flatten().quantile(0.99)), "entropy": float(step["entropy"]),
             "top_param": top, "top_moved": moved[top], "top_sqrt_v_median": float(v_hat.sqrt().median()),
             "top_adam_step_median": float(adam_step.median()), "top_adam_step_max": float(adam_step.max()),
-            "moved_total": sum(moved.values()),
+            "moved_total": sum(moved.values()), "update_rms_max": rms[spiked], "update_rms_param": spiked,
             "cell_abs_mean": float(torch.cat([c.abs().flatten() for c in cells]).mean()) if cells else 0.0})
         return step
 
@@ -209,6 +217,7 @@ def update_summary(rows: list[dict]) -> dict:
         return {}
     return {"adv_std": sum(float(r["adv_std"]) for r in rows) / len(rows),
             "grad_norm_max": max(float(r["grad_norm"]) for r in rows),
+            "update_rms_max": max(float(r["update_rms_max"]) for r in rows),
             "ratio_min": min(float(r["ratio_min"]) for r in rows), "ratio_max": max(float(r["ratio_max"]) for r in rows)}
 
 
@@ -219,7 +228,7 @@ NUMBERED = {"target_kl": (lambda v: v > 0, "a positive approx_kl"), "vf_clip": (
             "reshuffle": (lambda v: v >= 0 and v == int(v), "a seed: a whole number of 0 or more"),
             "ent": (lambda v: v >= 0, "an entropy weight of 0 or more"),
             "kl": (lambda v: v >= 0, "a KL weight of 0 or more")}
-PLAIN = ("base", "no_norm_adv", "scale_returns", "scale_peak")
+PLAIN = ("base", "no_norm_adv", "scale_returns", "scale_peak", "update_clip")
 
 
 def parse_variant(name: str) -> tuple[str, float]:
@@ -245,6 +254,7 @@ def apply_variant(trainer: ProbedTrainer, name: str, cfg: TrainConfig) -> None:
     """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot: its optimizer is the run's
     own again, and its cfg becomes the run's `cfg` here before the changes."""
     trainer.cfg, trainer.target_kl, trainer.adv_scale = cfg, 0.0, ""
+    trainer.optimizer.__class__ = UpdateClippedAdam if cfg.adam_update_clip else torch.optim.Adam  # the same state
     for part in name.split("+"):
         apply_change(trainer, part)
 
@@ -276,6 +286,9 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
         trainer.target_kl = number
     elif kind == "reshuffle":
         trainer.sampler.manual_seed(int(number))
+    elif kind == "update_clip":
+        trainer.cfg = cfg.replace(adam_update_clip=True)
+        trainer.optimizer.__class__ = UpdateClippedAdam
     elif kind in ("scale_returns", "scale_peak"):
         trainer.cfg, trainer.adv_scale = cfg.replace(norm_adv=False), kind.removeprefix("scale_")
 

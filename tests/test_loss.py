@@ -10,6 +10,7 @@ from test_trainer import small_config
 from experience import prio_beta, sample_segments
 from trainer import Trainer
 from trainer.loss import normalize, ppo_loss
+from trainer.update_clip import UpdateClippedAdam
 
 COEFS = dict(clip_coef=0.2, vf_clip_coef=0.1, vf_coef=0.5, ent_coef=0.01)
 HALF = 1 / math.sqrt(2)  # [s, -s] normalises to [s, -s] / sqrt(2): mean 0, standard deviation (unbiased) 1
@@ -295,3 +296,65 @@ def test_learn_moves_the_policy_less_with_a_kl_penalty():
 
     free, held = moved(0.0), moved(50.0)
     assert held < 0.8 * free, (free, held)  # unwired: equal, to the last bit; the wrong sign: further
+
+
+# --- Adam's update clip (trainer/update_clip.py) -----------------------------------------------------------------
+def adam_pair(lr=1e-2, eps=1e-12):
+    """Two copies of one parameter and an optimizer each: torch's Adam and the clipped one (float64: a step is
+    compared with parameters that have moved far more than it)."""
+    plain, clipped = (torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64)) for _ in range(2))
+    return (plain, torch.optim.Adam([plain], lr=lr, eps=eps, fused=True),
+            clipped, UpdateClippedAdam([clipped], lr=lr, eps=eps, fused=True))
+
+
+def step_both(pair, grad):
+    for p, opt in ((pair[0], pair[1]), (pair[2], pair[3])):
+        p.grad = grad.clone()
+        opt.step()
+
+
+def test_update_clip_leaves_steady_gradients_to_adam():
+    """Guards against a clip that changes ordinary steps: a gradient as large as its history (here the same one each
+    step, where g^2 / v is exactly 1) takes Adam's own step, to float rounding."""
+    pair = adam_pair()
+    grad = torch.tensor([0.3, -2.0, 1e-4, 0.0, 5.0, -0.01], dtype=torch.float64)
+    for _ in range(20):
+        step_both(pair, grad)
+    torch.testing.assert_close(pair[2].detach(), pair[0].detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_update_clip_divides_a_spikes_step_by_the_rms_of_g2_over_v():
+    """Guards against the clip's formula (the bias correction, the mean over the tensor, the square root) and its
+    direction: after 3,000 quiet steps, a gradient 1000x larger moves Adam by about 3 learning rates per coordinate;
+    the clipped step is Adam's divided by the RMS of g^2 / v computed here by hand from Adam's own recursion."""
+    lr, beta2 = 1e-2, 0.999
+    pair = adam_pair(lr=lr)
+    quiet, spike = torch.full((6,), 1e-3, dtype=torch.float64), torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    for _ in range(3000):
+        step_both(pair, quiet)
+    before_plain, before_clipped = pair[0].detach().clone(), pair[2].detach().clone()
+    step_both(pair, spike)
+    adam_step, clipped_step = pair[0].detach() - before_plain, pair[2].detach() - before_clipped
+    v = torch.zeros(6, dtype=torch.float64)
+    for g in [quiet] * 3000 + [spike]:
+        v = beta2 * v + (1 - beta2) * g * g
+    rms = (spike ** 2 / (v / (1 - beta2 ** 3001))).mean().sqrt()
+    assert adam_step[:5].abs().min() > 2 * lr  # the spike Adam takes
+    assert rms > 20
+    torch.testing.assert_close(clipped_step, adam_step / rms, rtol=1e-5, atol=0)  # float32 step count's bias correction
+    assert clipped_step[:5].abs().max() < 0.2 * lr
+
+
+def test_update_clip_reaches_the_trainer_and_keeps_adams_state():
+    """Guards against an option that never reaches the optimizer, and against a state a plain Adam cannot load: the
+    trainer builds the clipped Adam, takes finite steps with it, and its state loads into torch's Adam."""
+    run = Trainer(small_config(adam_update_clip=True))
+    assert type(run.optimizer) is UpdateClippedAdam
+    before = [p.detach().clone() for p in run.policy.parameters()]
+    run.rollout()
+    run.learn()
+    assert all(p.isfinite().all() for p in run.policy.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(run.policy.parameters(), before))
+    plain = Trainer(small_config())
+    assert type(plain.optimizer) is torch.optim.Adam
+    plain.optimizer.load_state_dict(run.optimizer.state_dict())

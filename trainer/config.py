@@ -112,6 +112,9 @@ class TrainConfig:
     and a step that pushes an encoder unit below zero for every input kills it; 1: one rate (Metta's)."""
     adam_eps: float = 1e-12
     """Adam epsilon."""
+    adam_update_clip: bool = False
+    """Divide each tensor's Adam step by max(1, RMS(g^2 / v)) (StableAdamW's update clipping, trainer/update_clip.py):
+    a gradient far above its history takes an ordinary step, not up to 3 learning rates in every coordinate."""
     gamma: float = 0.961
     """Discount."""
     gae_lambda: float = 0.804

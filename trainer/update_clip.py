@@ -1,0 +1,38 @@
+"""Adam with update clipping (Wortsman et al. 2023's StableAdamW, after Adafactor): each tensor's step is divided by
+max(1, RMS(g^2 / v)), with v Adam's bias-corrected second moment after this gradient.
+
+Adam scales every coordinate's step by its own gradient history, so a gradient far larger than that history (a
+spike after quiet updates, as a solved policy's are) moves each coordinate it reaches by up to
+(1 - beta1) / (1 - beta2) ** 0.5, about 3 learning rates, at once. The RMS is about 1 or less while gradients are as
+large as they have been and up to (1 / (1 - beta2)) ** 0.5, about 32, for such a spike; the clip brings that step
+back to an ordinary one and leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def update_rms(grad: torch.Tensor, exp_avg_sq: torch.Tensor, step: torch.Tensor | float, beta2: float,
+               eps: float) -> torch.Tensor:
+    """RMS over a tensor of grad^2 / v, v = exp_avg_sq / (1 - beta2^step) (Adam's state after this gradient's step),
+    floored at eps^2 where v is 0 (a coordinate that never had a gradient)."""
+    v = exp_avg_sq / (1 - beta2 ** step)
+    return (grad.square() / v.clamp_min(eps * eps)).mean().sqrt()
+
+
+class UpdateClippedAdam(torch.optim.Adam):
+    """torch.optim.Adam, then each tensor's step divided by max(1, update_rms): the same state, so a checkpoint of
+    either loads into the other."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        before = [[p.clone() for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        loss = super().step(closure)
+        for group, starts in zip(self.param_groups, before):
+            stepped = [p for p in group["params"] if p.grad is not None]
+            for p, start in zip(stepped, starts):
+                state = self.state[p]
+                rms = update_rms(p.grad, state["exp_avg_sq"], state["step"], group["betas"][1], group["eps"])
+                p.lerp_(start, 1 - 1 / rms.clamp_min(1))  # start + (p - start) / max(1, rms)
+        return loss
