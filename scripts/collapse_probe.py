@@ -37,7 +37,8 @@ and the return of the rollouts after it. A variant changes the update from insid
                     (return-based scaling), not their own
     scale_peak      advantages centred per minibatch and divided by the larger of their own spread and the largest
                     spread of any earlier update (mean over its minibatches)
-    update_clip     each tensor's Adam step divided by max(1, RMS(g^2 / v)) (--adam-update-clip)
+    update_clipX    each tensor's Adam step divided by max(1, RMS(g^2 / v) / X) (--adam-update-clip X; e.g.
+                    update_clip1)
     reshuffleX      the same update with its minibatches drawn again, from sampler seed X (another draw of its
                     segments): a control, since any change to a chaotic run may avoid one bad update by chance
     a+b             both changes
@@ -227,8 +228,9 @@ NUMBERED = {"target_kl": (lambda v: v > 0, "a positive approx_kl"), "vf_clip": (
             "eps": (lambda v: v > 0, "a positive epsilon"), "lr": (lambda v: v > 0, "a positive learning rate"),
             "reshuffle": (lambda v: v >= 0 and v == int(v), "a seed: a whole number of 0 or more"),
             "ent": (lambda v: v >= 0, "an entropy weight of 0 or more"),
-            "kl": (lambda v: v >= 0, "a KL weight of 0 or more")}
-PLAIN = ("base", "no_norm_adv", "scale_returns", "scale_peak", "update_clip")
+            "kl": (lambda v: v >= 0, "a KL weight of 0 or more"),
+            "update_clip": (lambda v: v > 0, "a positive RMS of g^2 / v")}
+PLAIN = ("base", "no_norm_adv", "scale_returns", "scale_peak")
 
 
 def parse_variant(name: str) -> tuple[str, float]:
@@ -254,7 +256,7 @@ def apply_variant(trainer: ProbedTrainer, name: str, cfg: TrainConfig) -> None:
     """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot: its optimizer is the run's
     own again, and its cfg becomes the run's `cfg` here before the changes."""
     trainer.cfg, trainer.target_kl, trainer.adv_scale = cfg, 0.0, ""
-    trainer.optimizer.__class__ = UpdateClippedAdam if cfg.adam_update_clip else torch.optim.Adam  # the same state
+    set_update_clip(trainer, cfg.adam_update_clip)
     for part in name.split("+"):
         apply_change(trainer, part)
 
@@ -287,10 +289,16 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
     elif kind == "reshuffle":
         trainer.sampler.manual_seed(int(number))
     elif kind == "update_clip":
-        trainer.cfg = cfg.replace(adam_update_clip=True)
-        trainer.optimizer.__class__ = UpdateClippedAdam
+        trainer.cfg = cfg.replace(adam_update_clip=number)
+        set_update_clip(trainer, number)
     elif kind in ("scale_returns", "scale_peak"):
         trainer.cfg, trainer.adv_scale = cfg.replace(norm_adv=False), kind.removeprefix("scale_")
+
+
+def set_update_clip(trainer: ProbedTrainer, max_rms: float) -> None:
+    """The trainer's optimizer clipped at `max_rms` (0: torch's Adam): the same object and state, another step."""
+    trainer.optimizer.__class__ = UpdateClippedAdam if max_rms else torch.optim.Adam
+    trainer.optimizer.max_rms = max_rms
 
 
 def main(args: Args) -> None:

@@ -240,6 +240,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     ({"faults": "no_relu,typo"}, "unknown fault 'typo'"),
     ({"inventory_norm": -1.0}, r"inventory_norm=-1.0: use 0 \(the env's divisor\)"),
     ({"kl_coef": -0.5}, r"kl_coef=-0.5: use a KL weight of 0 \(off\) or more"),
+    ({"adam_update_clip": -1.0}, r"adam_update_clip=-1.0: use 0 \(off\) or a positive RMS"),
     ({"encoder_leak": 1.0}, r"encoder_leak=1.0: use a negative slope in \[0, 1\)"),
     ({"encoder_gain": 0.0}, r"encoder_gain=0.0: use a positive gain"),
     ({"lstm_forget_bias": float("inf")}, r"lstm_forget_bias=inf: use a finite bias"),

@@ -1,11 +1,11 @@
 """Adam with update clipping (Wortsman et al. 2023's StableAdamW, after Adafactor): each tensor's step is divided by
-max(1, RMS(g^2 / v)), with v Adam's bias-corrected second moment after this gradient.
+max(1, RMS(g^2 / v) / max_rms), with v Adam's bias-corrected second moment after this gradient (max_rms 1: theirs).
 
 Adam scales every coordinate's step by its own gradient history, so a gradient far larger than that history (a
 spike after quiet updates, as a solved policy's are) moves each coordinate it reaches by up to
 (1 - beta1) / (1 - beta2) ** 0.5, about 3 learning rates, at once. The RMS is about 1 or less while gradients are as
 large as they have been and up to (1 / (1 - beta2)) ** 0.5, about 32, for such a spike; the clip brings that step
-back to an ordinary one and leaves the others alone.
+back to an ordinary one and leaves the others alone (a larger max_rms lets more through before it acts).
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ def update_rms(grad: torch.Tensor, exp_avg_sq: torch.Tensor, step: torch.Tensor 
 
 
 class UpdateClippedAdam(torch.optim.Adam):
-    """torch.optim.Adam, then each tensor's step divided by max(1, update_rms): the same state, so a checkpoint of
-    either loads into the other."""
+    """torch.optim.Adam, then each tensor's step divided by max(1, update_rms / max_rms): the same state, so a
+    checkpoint of either loads into the other."""
+
+    def __init__(self, params, max_rms: float = 1.0, **adam):
+        super().__init__(params, **adam)
+        self.max_rms = max_rms
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -34,5 +38,6 @@ class UpdateClippedAdam(torch.optim.Adam):
             for p, start in zip(stepped, starts):
                 state = self.state[p]
                 rms = update_rms(p.grad, state["exp_avg_sq"], state["step"], group["betas"][1], group["eps"])
-                p.lerp_(start, 1 - 1 / rms.clamp_min(1))  # start + (p - start) / max(1, rms)
+                scale = (rms / self.max_rms).clamp_min(1)
+                p.lerp_(start, 1 - 1 / scale)  # start + (p - start) / scale
         return loss
