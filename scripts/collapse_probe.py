@@ -64,7 +64,7 @@ from train import parse_config  # noqa: E402
 from envs import make_env  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
-from trainer.update_clip import UpdateClippedAdam, update_rms  # noqa: E402
+from trainer.update_clip import update_rms  # noqa: E402
 
 
 @dataclass
@@ -143,13 +143,14 @@ class ProbedTrainer(Trainer):
         top = max(moved, key=moved.get)
         param = dict(self.policy.named_parameters())[top]
         state = self.optimizer.state[param]
-        group = self.optimizer.param_groups[0]
+        group_of = {p: g for g in self.optimizer.param_groups for p in g["params"]}  # tensors hash by identity
+        group = group_of[param]
         t = float(state["step"])
         v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** t)
         m_hat = state["exp_avg"] / (1 - group["betas"][0] ** t)
         adam_step = m_hat.abs() / (v_hat.sqrt() + group["eps"])  # the step in units of the learning rate
         rms = {n: float(update_rms(p.grad, self.optimizer.state[p]["exp_avg_sq"], self.optimizer.state[p]["step"],
-                                   group["betas"][1], group["eps"]))
+                                   group_of[p]["betas"][1], group_of[p]["eps"]))
                for n, p in self.policy.named_parameters() if p.grad is not None}
         spiked = max(rms, key=rms.get)
         ratio = step["ratio"]
@@ -256,7 +257,7 @@ def apply_variant(trainer: ProbedTrainer, name: str, cfg: TrainConfig) -> None:
     """Set `name`'s changes (several joined by +) on a trainer restored to the snapshot: its optimizer is the run's
     own again, and its cfg becomes the run's `cfg` here before the changes."""
     trainer.cfg, trainer.target_kl, trainer.adv_scale = cfg, 0.0, ""
-    set_update_clip(trainer, cfg.adam_update_clip)
+    trainer.optimizer.max_rms = cfg.adam_update_clip
     for part in name.split("+"):
         apply_change(trainer, part)
 
@@ -290,15 +291,9 @@ def apply_change(trainer: ProbedTrainer, name: str) -> None:
         trainer.sampler.manual_seed(int(number))
     elif kind == "update_clip":
         trainer.cfg = cfg.replace(adam_update_clip=number)
-        set_update_clip(trainer, number)
+        trainer.optimizer.max_rms = number
     elif kind in ("scale_returns", "scale_peak"):
         trainer.cfg, trainer.adv_scale = cfg.replace(norm_adv=False), kind.removeprefix("scale_")
-
-
-def set_update_clip(trainer: ProbedTrainer, max_rms: float) -> None:
-    """The trainer's optimizer clipped at `max_rms` (0: torch's Adam): the same object and state, another step."""
-    trainer.optimizer.__class__ = UpdateClippedAdam if max_rms else torch.optim.Adam
-    trainer.optimizer.max_rms = max_rms
 
 
 def main(args: Args) -> None:
@@ -340,6 +335,9 @@ def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> li
             raise SystemExit(f"error: --reuse-snapshot: {saved} is the state of another run ({loaded['run']}); "
                              "give that run's options, or another --out")
         snapshot, trainer.rows = loaded["state"], loaded["rows"]
+        if trainer.rows and "update_rms_max" not in trainer.rows[0]:
+            raise SystemExit(f"error: --reuse-snapshot: {saved} was saved by an older probe, without the columns this "
+                             "one logs; run the probe once without --reuse-snapshot")
     else:
         snapshot = replay(trainer, args)
         if snapshot is None:

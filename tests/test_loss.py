@@ -10,7 +10,7 @@ from test_trainer import small_config
 from experience import prio_beta, sample_segments
 from trainer import Trainer
 from trainer.loss import normalize, ppo_loss
-from trainer.update_clip import UpdateClippedAdam
+from trainer.update_clip import UpdateClippedAdam, update_rms
 
 COEFS = dict(clip_coef=0.2, vf_clip_coef=0.1, vf_coef=0.5, ent_coef=0.01)
 HALF = 1 / math.sqrt(2)  # [s, -s] normalises to [s, -s] / sqrt(2): mean 0, standard deviation (unbiased) 1
@@ -328,7 +328,7 @@ def test_update_clip_divides_a_spikes_step_by_the_rms_of_g2_over_v(max_rms):
     """Guards against the clip's formula (the bias correction, the mean over the tensor, the square root, the
     threshold) and its direction: after 3,000 quiet steps, a gradient 1000x larger moves Adam by about 3 learning
     rates per coordinate; the clipped step is Adam's divided by max(1, RMS / max_rms), the RMS of g^2 / v computed
-    here by hand from Adam's own recursion (about 29: max_rms 100 lets the spike through)."""
+    here by hand from Adam's own recursion (about 28: max_rms 100 lets the spike through)."""
     lr, beta2 = 1e-2, 0.999
     pair = adam_pair(lr=lr, max_rms=max_rms)
     quiet = torch.full((6,), 1e-3, dtype=torch.float64)
@@ -348,16 +348,39 @@ def test_update_clip_divides_a_spikes_step_by_the_rms_of_g2_over_v(max_rms):
     torch.testing.assert_close(clipped_step, expected, rtol=1e-5, atol=0)  # float32 step count's bias correction
 
 
-def test_update_clip_reaches_the_trainer_and_keeps_adams_state():
-    """Guards against an option that never reaches the optimizer, and against a state a plain Adam cannot load: the
-    trainer builds the clipped Adam, takes finite steps with it, and its state loads into torch's Adam."""
-    run = Trainer(small_config(adam_update_clip=1.0))
-    assert type(run.optimizer) is UpdateClippedAdam
+def test_update_clip_steps_each_group_at_its_rate_and_leaves_params_without_gradients():
+    """Guards against a clip that pairs a parameter with another's start or rate: two groups at different rates and a
+    parameter without a gradient; each stepped tensor moves by its own Adam step over its own RMS, the third not."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, dtype=torch.float64)) for _ in range(3)]
+    plain = [p.detach().clone().requires_grad_() for p in params]
+    groups = lambda ps: [{"params": [ps[0]], "lr": 1e-2}, {"params": [ps[1], ps[2]], "lr": 3e-2}]  # noqa: E731
+    clipped_opt = UpdateClippedAdam(groups(params), max_rms=1.0, eps=1e-12)
+    plain_opt = torch.optim.Adam(groups(plain), eps=1e-12)
+    quiet, spike = torch.full((4,), 1e-3, dtype=torch.float64), torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
+    for grad in [quiet] * 1000 + [spike]:
+        starts, starts_plain = [p.detach().clone() for p in params], [p.detach().clone() for p in plain]
+        for ps in (params, plain):
+            ps[0].grad, ps[1].grad = grad.clone(), -grad.clone()
+        clipped_opt.step()
+        plain_opt.step()
+    for i in (0, 1):
+        state = clipped_opt.state[params[i]]
+        rms = update_rms(params[i].grad, state["exp_avg_sq"], state["step"], 0.999, 1e-12)
+        assert rms > 10
+        torch.testing.assert_close(params[i].detach() - starts[i], (plain[i].detach() - starts_plain[i]) / rms,
+                                   rtol=1e-5, atol=0)
+    assert torch.equal(params[2].detach(), starts[2]) and params[2] not in clipped_opt.state
+
+
+def test_update_clip_reaches_the_trainer():
+    """Guards against an option that never reaches the optimizer: the trainer's Adam clips at the option's RMS (0:
+    Adam's own step), and takes finite steps with it."""
+    assert Trainer(small_config()).optimizer.max_rms == 0
+    run = Trainer(small_config(adam_update_clip=2.0))
+    assert run.optimizer.max_rms == 2.0
     before = [p.detach().clone() for p in run.policy.parameters()]
     run.rollout()
     run.learn()
     assert all(p.isfinite().all() for p in run.policy.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(run.policy.parameters(), before))
-    plain = Trainer(small_config())
-    assert type(plain.optimizer) is torch.optim.Adam
-    plain.optimizer.load_state_dict(run.optimizer.state_dict())

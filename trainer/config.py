@@ -37,7 +37,8 @@ RULES = (
     ("learning_rate", POSITIVE, "use a positive learning rate"),
     ("encoder_lr_scale", POSITIVE, "use a positive multiple of the learning rate (1: the same rate)"),
     ("adam_eps", POSITIVE, "use a positive epsilon"),
-    ("adam_update_clip", AT_LEAST_0, "use 0 (off) or a positive RMS of g^2 / v past which a step is scaled down (1: StableAdamW's)"),
+    ("adam_update_clip", AT_LEAST_0, "use 0 (off) or a positive RMS of g^2 / v past which a step shrinks (1: "
+     "StableAdamW's)"),
     ("gamma", FRACTION, "use a discount in [0, 1]"),
     ("gae_lambda", FRACTION, "use a lambda in [0, 1]"),
     ("rho_clip", POSITIVE, "use a positive V-trace clip"),
@@ -115,8 +116,8 @@ class TrainConfig:
     """Adam epsilon."""
     adam_update_clip: float = 0.0
     """Divide each tensor's Adam step by max(1, RMS(g^2 / v) / this) (trainer/update_clip.py; 1: StableAdamW's update
-    clipping): a gradient far above its history takes an ordinary step, not up to 3 learning rates per coordinate;
-    0: off."""
+    clipping): a gradient far above its history moves its coordinates by no more than a steady one, where Adam's
+    own step can reach 3 learning rates; 0: off."""
     gamma: float = 0.961
     """Discount."""
     gae_lambda: float = 0.804

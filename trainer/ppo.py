@@ -34,9 +34,8 @@ class PPO:
         """`env` and `policy` on one device; `batch_size`: agent steps per update over every process."""
         self.cfg, self.env, self.policy, self.device = cfg, env, policy, next(policy.parameters()).device
         self.act = policy  # what acts in the rollout
-        groups, adam = param_groups(policy, cfg.encoder_lr_scale), dict(lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
-        self.optimizer = (UpdateClippedAdam(groups, max_rms=cfg.adam_update_clip, **adam) if cfg.adam_update_clip
-                          else torch.optim.Adam(groups, **adam))
+        self.optimizer = UpdateClippedAdam(param_groups(policy, cfg.encoder_lr_scale), max_rms=cfg.adam_update_clip,
+                                           lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
         self.buffer = SegmentedBuffer(env.spec, env.num_agents, cfg.bptt, self.device,
                                       (policy.memory.num_layers, policy.memory.hidden_size))
         self.returns = torch.zeros_like(self.buffer.data["values"])  # the update's value targets
