@@ -15,7 +15,9 @@ LSTM's cell.
 On a task with a cue, every update also logs how the policy carries it (updates.csv's cue_ columns:
 scripts/cue_signal.py's measure on 256 maps of its own, the same maps after every update): the cue's gap in the
 memory and in the actions on the first free step. Each variant's re-run of the breaking update measures it after
-every minibatch (variants.csv: after the update, and the lowest action gap within it), and parts.csv says which
+every minibatch (variants.csv: after the update, and the lowest action gap within it) and logs its minibatches
+(variant_minibatches.csv, with the norm of the gradient each loss term gives each part of the policy before the
+step: grad_<part>_<policy|value|entropy>), and parts.csv says which
 parts of the policy carry what the breaking update (base) did to it: its change applied to one part alone, and to
 every part but that one.
 
@@ -111,7 +113,7 @@ class ProbedTrainer(Trainer):
         self.peak_spread = 0.0  # the largest advantage spread (mean over an update's minibatches) of any update so far
         self.update_kls: list[float] = []
         self.update_rows = 0
-        self.cue_each_minibatch = False  # the re-runs measure the cue after every minibatch (the replay, per update)
+        self.measure_each_minibatch = False  # the re-runs: the cue after, and the gradient's sources before, each minibatch
         self.update_action_gaps: list[float] = []
         self.train_step = self.probed_step
         # the cue as the policy carries it after each update, on maps of its own (the run's env is not touched)
@@ -130,12 +132,13 @@ class ProbedTrainer(Trainer):
         if self.adv_scale:  # the variant's own scaling; the loss then takes them as given (norm_adv off)
             scale = self.returns.std() if self.adv_scale == "returns" else max(float(advantages.std()), self.peak_spread)
             scaled = (advantages - advantages.mean()) / scale
+        parts = self.gradient_parts(index, weights, scaled) if self.measure_each_minibatch else {}
         step = self.minibatch_step(index, weights, scaled)
         if step is None:  # skipped: --nonfinite skip found a number that is not finite
             return None
         kl = float(step["approx_kl"])
         self.update_kls.append(kl)
-        if self.cue_each_minibatch and self.cue_env:
+        if self.measure_each_minibatch and self.cue_env:
             self.update_action_gaps.append(cue_signal(self.policy, self.cue_env).action_gap)
         # relative to the parameter's size, floored so that a bias that starts at 0 is not infinitely "moved"
         moved = {n: float((p.detach() - before[n]).norm() / max(before[n].norm(), 0.01 * p.numel() ** 0.5))
@@ -168,8 +171,22 @@ class ProbedTrainer(Trainer):
             "top_param": top, "top_moved": moved[top], "top_sqrt_v_median": float(v_hat.sqrt().median()),
             "top_adam_step_median": float(adam_step.median()), "top_adam_step_max": float(adam_step.max()),
             "moved_total": sum(moved.values()), "update_rms_max": rms[spiked], "update_rms_param": spiked,
-            "cell_abs_mean": float(torch.cat([c.abs().flatten() for c in cells]).mean()) if cells else 0.0})
+            "cell_abs_mean": float(torch.cat([c.abs().flatten() for c in cells]).mean()) if cells else 0.0, **parts})
         return step
+
+    def gradient_parts(self, index, weights, advantages) -> dict[str, float]:
+        """Where this minibatch's gradient comes from, before its step: the norm of the gradient each loss term alone
+        (the surrogate, the weighted value loss, the weighted entropy bonus) gives each part of the policy."""
+        out = self.minibatch_loss(index, weights, advantages)
+        terms = {"policy": out.pg_loss, "value": self.cfg.vf_coef * out.v_loss, "entropy": -self.cfg.ent_coef * out.entropy}
+        names, params = zip(*self.policy.named_parameters())
+        row = {}
+        for term, value in terms.items():
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            for part in dict.fromkeys(n.split(".")[0] for n in names):
+                squares = [g.square().sum() for n, g in zip(names, grads) if g is not None and n.split(".")[0] == part]
+                row[f"grad_{part}_{term}"] = float(sum(squares)) ** 0.5 if squares else 0.0
+        return row
 
     def one_update(self) -> dict:
         """One update as Trainer.train runs it (rollout, health, learn, episode statistics), without its logs and
@@ -351,18 +368,19 @@ def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> li
     before = list(trainer.rows)
     peak = max([update_summary([r for r in before if r["update"] == u])["adv_std"] for u in {r["update"] for r in before}],
                default=0.0)
-    results = []
+    results, steps = [], []  # per variant: the re-run, and its breaking update's minibatches
     for variant in args.variants:
         trainer.load_state_dict(copy.deepcopy(snapshot))  # the env's episode counts too: nothing of the last variant
         trainer.rows, trainer.peak_spread = list(before), peak
         apply_variant(trainer, variant, cfg)
         weights = trainer.weights()
-        trainer.cue_each_minibatch = True
+        trainer.measure_each_minibatch = True
         rows = [trainer.one_update()]
         gaps = trainer.update_action_gaps
+        steps += [{"variant": variant, **r} for r in trainer.rows[len(before):]]
         if variant == "base" and trainer.cue_env:
             write_csv(parts, trainer.cue_by_part(weights))
-        trainer.cue_each_minibatch = False
+        trainer.measure_each_minibatch = False
         rows += [trainer.one_update() for _ in range(args.follow)]
         results.append({"variant": variant, "approx_kl": rows[0]["approx_kl"], "kl_max": rows[0]["kl_max"],
                         "minibatches": rows[0]["minibatches"],
@@ -370,6 +388,7 @@ def probe(trainer: ProbedTrainer, cfg: TrainConfig, args: Args, run: list) -> li
                         **({"cue_action_gap_min": min(gaps)} if gaps else {}),
                         **{f"return_{i}": r["return"] for i, r in enumerate(rows[1:], 1)}})
         print(variant, " ".join(f"{k} {v:.3g}" for k, v in results[-1].items() if k != "variant"), flush=True)
+    write_csv(os.path.join(args.out, "variant_minibatches.csv"), steps)
     return results
 
 

@@ -266,7 +266,8 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
 
     run = ["--policy", "example", "--total-steps", "3072", "--train-args=--num-envs 16 --bptt 16 --minibatch-size 64",
            "--at-update", "2", "--follow", "1", "--out", str(tmp_path)]
-    others = ["lr0.01", "eps1e-3", "beta2_0.9", "reshuffle3", "target_kl1e-6", "scale_peak", "no_norm_adv+ent0.1", "kl1"]
+    others = ["lr0.01", "eps1e-3", "beta2_0.9", "reshuffle3", "target_kl1e-6", "scale_peak", "no_norm_adv+ent0.1", "kl1",
+              "update_clip0.5"]
     collapse_probe.main(tyro.cli(collapse_probe.Args, args=[*run, "--variants", *others, "base"]))
     updates, variants = read("updates.csv"), {r["variant"]: r for r in read("variants.csv")}
     assert [int(r["update"]) for r in updates] == [1, 2]
@@ -285,6 +286,14 @@ def test_the_probe_replays_a_run_and_its_base_variant_repeats_the_update_exactly
     assert int(variants["target_kl1e-6"]["minibatches"]) == 2  # the first minibatch's KL is 0; the second's passes it
     rows = read("minibatches.csv")
     assert len(rows) == 2 * 4 and all(float(r["adv_std"]) > 0 and float(r["top_moved"]) > 0 for r in rows)
+    assert all(float(r["update_rms_max"]) > 0 for r in rows)
+    # each re-run's minibatches, base's those of the replay's update 2 (measuring the gradient's sources first
+    # changes nothing); the critic takes no gradient from the surrogate or the entropy, the actor none from the value
+    steps = [r for r in read("variant_minibatches.csv") if r["variant"] == "base"]
+    assert [r["approx_kl"] for r in steps] == [r["approx_kl"] for r in rows[4:]]
+    for r in steps:
+        assert float(r["grad_critic_policy"]) == float(r["grad_critic_entropy"]) == float(r["grad_actor_value"]) == 0
+        assert all(float(r[f"grad_{part}_{term}"]) > 0 for part in ("encoder", "memory") for term in ("policy", "value"))
 
     cfg = PRESETS["cpu"].replace(policy="example", env="memory", total_steps=3072, num_envs=16, bptt=16,
                                  minibatch_size=64, torch_threads=1, log_dir=str(tmp_path / "tb"))

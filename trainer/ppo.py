@@ -25,7 +25,7 @@ from experience.sampling import prio_beta, sample_segments, shuffled_minibatches
 from policies.base import RecurrentPolicy
 from trainer.advantage import compute_advantages
 from trainer.config import TrainConfig
-from trainer.loss import ppo_loss
+from trainer.loss import PPOLoss, ppo_loss
 from trainer.update_clip import UpdateClippedAdam
 
 
@@ -122,22 +122,24 @@ class PPO:
         finite_steps = torch.stack(finite) if finite else torch.ones(0, 4, dtype=torch.bool, device=self.device)
         return means, finite_steps, torch.stack([p.isfinite().all() for p in self.policy.parameters()])
 
-    def minibatch_step(self, index: torch.Tensor, weights: torch.Tensor,
-                       advantages: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """One gradient step on segments `index`: recompute them from their first state, the PPO loss, backward, the
-        clipped gradient, the optimizer's step and clip_weights; the step's statistics (on the device), or None
-        when `skip_step` skipped it."""
+    def minibatch_loss(self, index: torch.Tensor, weights: torch.Tensor, advantages: torch.Tensor) -> PPOLoss:
+        """The PPO loss on segments `index`, recomputed from each segment's first state (trainer/loss.py's PPOLoss)."""
         cfg, minibatch = self.cfg, self.buffer.data[index]
         self.policy.reset_memory()
         if cfg.memory == "carry":  # each segment starts from the state acting started it from
             self.policy.set_memory({0: self.buffer.state_of(index)})
         with self.autocast():
             new = self.policy(minibatch.select("env_obs", "actions", "dones", "truncateds").clone(False))
-        out = ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
-                       new["values"], minibatch["values"], self.returns[index], new["entropy"],
-                       clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
-                       ent_coef=cfg.ent_coef, kl_coef=cfg.kl_coef, norm_adv=cfg.norm_adv)
+        return ppo_loss(new["act_log_prob"], minibatch["act_log_prob"], advantages, weights,
+                        new["values"], minibatch["values"], self.returns[index], new["entropy"],
+                        clip_coef=cfg.clip_coef, vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef,
+                        ent_coef=cfg.ent_coef, kl_coef=cfg.kl_coef, norm_adv=cfg.norm_adv)
 
+    def minibatch_step(self, index: torch.Tensor, weights: torch.Tensor,
+                       advantages: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One gradient step on segments `index`: the PPO loss, backward, the clipped gradient, the optimizer's step
+        and clip_weights; the step's statistics (on the device), or None when `skip_step` skipped it."""
+        cfg, out = self.cfg, self.minibatch_loss(index, weights, advantages)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.reduce_gradients()
