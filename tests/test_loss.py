@@ -257,8 +257,25 @@ def test_anneal_lr_decays_the_learning_rate_linearly_to_0_over_the_updates(tmp_p
     assert [h["learning_rate"] for h in history] == pytest.approx([1e-3, 0.75e-3])
     for k in (1, 2, 3):
         run.update = k
-        assert run.set_learning_rate() == pytest.approx(1e-3 * (1 - k / 4))
+        assert run.set_learning_rate(run.advantage_std()) == pytest.approx(1e-3 * (1 - k / 4))
         assert all(group["lr"] == pytest.approx(1e-3 * (1 - k / 4)) for group in run.optimizer.param_groups)
+
+
+def test_lr_follows_advantages_scales_the_rate_by_the_spread_over_its_largest_so_far(tmp_path):
+    """Guards against a factor turned upside down, a peak that never rises (or never stays) and a spread that is not
+    the advantages': the rate is learning_rate times this update's spread over the largest so far, times the anneal."""
+    run = Trainer(small_config(lr_follows_advantages=True, anneal_lr=True, learning_rate=1e-3, device="cpu",
+                               log_dir=str(tmp_path)))
+    history = run.train(updates=3, quiet=True)
+    spreads = [h["advantage_std"] for h in history]
+    assert len(set(spreads)) == 3  # else the test below could not tell the spread from its peak
+    expected = [1e-3 * (1 - k / 4) * spreads[k] / max(spreads[:k + 1]) for k in range(3)]
+    assert [h["learning_rate"] for h in history] == pytest.approx(expected, rel=1e-5)
+    assert spreads[-1] == pytest.approx((run.returns - run.buffer.data["values"]).std().item(), rel=1e-5)
+    run.update = 0  # the anneal's factor 1: the spread's factor alone
+    for spread, factor in [(1e9, 1.0), (0.5e9, 0.5), (2e9, 1.0), (1e9, 0.5)]:
+        assert run.set_learning_rate(torch.tensor(spread)) == pytest.approx(1e-3 * factor)
+        assert all(group["lr"] == pytest.approx(1e-3 * factor) for group in run.optimizer.param_groups)
 
 
 def test_learn_raises_entropy_when_the_bonus_dominates():

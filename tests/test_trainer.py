@@ -136,7 +136,8 @@ def test_reset_memory_before_rollout_and_minibatch_clip_weights_after_each_step(
     assert calls[17:] == ["reset", "train", "step", "clip"] * minibatches
 
 
-@pytest.mark.parametrize("options", [{}, {"encoder_lr_scale": 0.5, "anneal_lr": True}], ids=["one_rate", "encoder_rate"])
+@pytest.mark.parametrize("options", [{}, {"encoder_lr_scale": 0.5, "anneal_lr": True}, {"lr_follows_advantages": True}],
+                         ids=["one_rate", "encoder_rate", "rate_follows_advantages"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, options):
     cfg = small_config(log_dir=str(tmp_path), total_steps=8 * 16 * 4, prio_alpha=0.5, **options)
     straight = Trainer(cfg.replace(run_name="straight"))

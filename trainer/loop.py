@@ -88,6 +88,9 @@ class Trainer(PPO):
     def reduce_gradients(self) -> None:
         self.ranks.average_gradients(self.policy.parameters())  # nothing to do with one rank
 
+    def advantage_std(self) -> torch.Tensor:
+        return self.ranks.mean(super().advantage_std())  # one learning rate on every rank
+
     def skip_step(self, finite: torch.Tensor) -> bool:
         """--nonfinite skip: one read per minibatch, the same on every rank."""
         return self.cfg.nonfinite == "skip" and not self.ranks.all(finite.all())
@@ -215,7 +218,8 @@ class Trainer(PPO):
         if not self.ranks.main:
             return None
         return {"config": dataclasses.asdict(self.cfg.replace(resume="")), "update": self.update,
-                "global_step": self.global_step, "policy": self.policy.state_dict(),
+                "global_step": self.global_step, "advantage_std_peak": self.advantage_std_peak,
+                "policy": self.policy.state_dict(),
                 "optimizer": plain_optimizer_state(self.optimizer), "ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
@@ -225,6 +229,7 @@ class Trainer(PPO):
                              f"random streams; resume it with the same number of processes (torchrun "
                              f"--nproc-per-node {len(parts)}), not {self.ranks.world}")
         self.update, self.global_step = state["update"], state["global_step"]
+        self.advantage_std_peak = state.get("advantage_std_peak", 0.0)  # older checkpoints: none kept
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         state = parts[self.ranks.rank]

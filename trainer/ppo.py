@@ -49,6 +49,7 @@ class PPO:
         self.update = 0
         self.global_step = 0
         self.learning_rate = cfg.learning_rate
+        self.advantage_std_peak = 0.0  # the largest spread of an update's advantages so far (lr_follows_advantages)
         self.next_obs = env.reset()
 
     # --- the rollout --------------------------------------------------------------------------------
@@ -97,9 +98,10 @@ class PPO:
         whether each minibatch's policy loss, value loss, entropy and gradient norm (`[minibatches, 4]`) and each
         weight (`[parameters]`) are finite numbers."""
         cfg, data = self.cfg, self.buffer.data
-        self.set_learning_rate()
         self.vtrace_ratio.fill_(1)
         self.returns.copy_(self.advantages(self.vtrace_ratio) + data["values"])
+        advantage_std = self.advantage_std()
+        self.set_learning_rate(advantage_std)
         stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         finite: list[torch.Tensor] = []
         for _ in range(cfg.update_epochs):
@@ -115,6 +117,7 @@ class PPO:
                 for k, v in step.items():
                     stats[k].append(v)  # statistics stay on the device until the update ends
         stats["explained_variance"].append(explained_variance(data["values"], self.returns))
+        stats["advantage_std"].append(advantage_std)
         stats["skipped_minibatches"].append(torch.zeros((), device=self.device))  # summed, not averaged, below
         self.update += 1
         means = {k: torch.stack(v).float().mean() if k != "skipped_minibatches" else torch.stack(v).sum()
@@ -163,9 +166,19 @@ class PPO:
         """Whether to skip the optimizer step, given which of the step's numbers are finite: never, here."""
         return False
 
-    def set_learning_rate(self) -> float:
-        """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr."""
-        lr = self.cfg.learning_rate * (1 - self.update / self.num_updates if self.cfg.anneal_lr else 1)
+    def advantage_std(self) -> torch.Tensor:
+        """The spread of the update's advantages (at ratio 1, before any normalisation) over every step."""
+        return (self.returns - self.buffer.data["values"]).float().std()
+
+    def set_learning_rate(self, advantage_std: torch.Tensor) -> float:
+        """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr, and with
+        cfg.lr_follows_advantages times `advantage_std` over the largest such spread so far (one read per update)."""
+        cfg = self.cfg
+        lr = cfg.learning_rate * (1 - self.update / self.num_updates if cfg.anneal_lr else 1)
+        if cfg.lr_follows_advantages:
+            spread = float(advantage_std)
+            self.advantage_std_peak = max(self.advantage_std_peak, spread)
+            lr *= spread / self.advantage_std_peak if self.advantage_std_peak > 0 else 1.0
         for group in self.optimizer.param_groups:
             group_lr = lr * group.get("lr_scale", 1.0)
             if isinstance(group["lr"], torch.Tensor):  # a recorded update reads it from the device
