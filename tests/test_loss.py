@@ -271,7 +271,7 @@ def test_lr_follows_advantages_scales_the_rate_by_the_spread_over_its_largest_so
     assert len(set(spreads)) == 3  # else the test below could not tell the spread from its peak
     expected = [1e-3 * (1 - k / 4) * spreads[k] / max(spreads[:k + 1]) for k in range(3)]
     assert [h["learning_rate"] for h in history] == pytest.approx(expected, rel=1e-5)
-    assert spreads[-1] == pytest.approx((run.returns - run.buffer.data["values"]).std().item(), rel=1e-5)
+    assert spreads[-1] == pytest.approx(run.advantages(torch.ones_like(run.vtrace_ratio)).std().item(), rel=1e-5)
     run.update = 0  # the anneal's factor 1: the spread's factor alone
     for spread, factor in [(1e9, 1.0), (0.5e9, 0.5), (2e9, 1.0), (1e9, 0.5)]:
         assert run.set_learning_rate(torch.tensor(spread)) == pytest.approx(1e-3 * factor)

@@ -149,6 +149,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, options):
     resumed.train(quiet=True)
     a, b = straight.state_dict(), resumed.state_dict()
     assert a["update"] == b["update"] == 4 and a["global_step"] == b["global_step"]
+    assert a["advantage_std_peak"] == b["advantage_std_peak"]
     for key in a["policy"]:
         assert torch.equal(a["policy"][key], b["policy"][key]), key
     (a,), (b,) = a["ranks"], b["ranks"]  # one rank: its envs, memory and random streams

@@ -110,9 +110,9 @@ class TrainConfig:
     anneal_lr: bool = False
     """Decay the learning rate linearly to 0 over training."""
     lr_follows_advantages: bool = False
-    """Scale the learning rate by the spread (standard deviation) of this update's advantages over the largest
-    spread an update has had: once the critic explains the return, what is left of the advantages is noise, and a
-    solved task takes small steps on it while an unsolved one, whose spread holds or grows, keeps its rate."""
+    """Multiply the learning rate by the spread (standard deviation) of this update's advantages divided by the
+    largest spread an update has had: once the critic explains the return, what is left of the advantages is noise,
+    and a solved task takes small steps on it; a task whose spread holds or grows with its return keeps its rate."""
     encoder_lr_scale: float = 1.0
     """The encoder's learning rate as a multiple of the rest's: Adam's step is about the rate whatever the gradient,
     and a step that pushes an encoder unit below zero for every input kills it; 1: one rate (Metta's)."""

@@ -76,7 +76,8 @@ class Trainer(PPO):
 
     # --- what the algorithm leaves to the run -------------------------------------------------------
     def learn(self) -> dict[str, float]:
-        """One update (PPO.learn); its statistics read back once, as means over ranks. A number that is not finite
+        """One update (PPO.learn); its statistics read back once (and the advantages' spread before the minibatches
+        under --lr-follows-advantages), as means over ranks. A number that is not finite
         stops the run here (NonFiniteError)."""
         means, steps, weights = super().learn()
         read = iter(self.ranks.mean(torch.cat([torch.stack(list(means.values())), steps.flatten(), weights]).float())

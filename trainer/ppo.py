@@ -15,6 +15,7 @@ number that is not finite, CUDA graphs) is trainer/loop.py's Trainer.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -167,18 +168,20 @@ class PPO:
         return False
 
     def advantage_std(self) -> torch.Tensor:
-        """The spread of the update's advantages (at ratio 1, before any normalisation) over every step."""
+        """The spread (standard deviation) of the update's advantages, at ratio 1 and before any normalisation,
+        over every step of the rollout (under torchrun: the mean of the ranks' spreads)."""
         return (self.returns - self.buffer.data["values"]).float().std()
 
     def set_learning_rate(self, advantage_std: torch.Tensor) -> float:
-        """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr, and with
-        cfg.lr_follows_advantages times `advantage_std` over the largest such spread so far (one read per update)."""
+        """cfg.learning_rate, decayed linearly to 0 over training with cfg.anneal_lr; with cfg.lr_follows_advantages,
+        times `advantage_std` divided by the largest spread so far, which this call raises (one read per update)."""
         cfg = self.cfg
         lr = cfg.learning_rate * (1 - self.update / self.num_updates if cfg.anneal_lr else 1)
         if cfg.lr_follows_advantages:
             spread = float(advantage_std)
-            self.advantage_std_peak = max(self.advantage_std_peak, spread)
-            lr *= spread / self.advantage_std_peak if self.advantage_std_peak > 0 else 1.0
+            if math.isfinite(spread):  # a spread that is not a number leaves the peak, and this update's rate, alone
+                self.advantage_std_peak = max(self.advantage_std_peak, spread)
+                lr *= spread / self.advantage_std_peak if self.advantage_std_peak > 0 else 1.0
         for group in self.optimizer.param_groups:
             group_lr = lr * group.get("lr_scale", 1.0)
             if isinstance(group["lr"], torch.Tensor):  # a recorded update reads it from the device
