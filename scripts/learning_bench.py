@@ -228,7 +228,8 @@ def figure(path: str, results: list[tuple[list[dict], dict, dict]]) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
+    beside = any(len(rows) > 6 for rows, _, _ in results)  # a search's many trials: the legend beside each plot
+    fig, axes = plt.subplots(1, len(results), figsize=((9 if beside else 5) * len(results), 3.5), squeeze=False)
     for ax, (rows, scores, curves) in zip(axes[0], results):
         for i, row in enumerate(rows):
             runs = [curves[(row["config"], s)]["episode/return"] for c, s in curves if c == row["config"]]
@@ -242,7 +243,7 @@ def figure(path: str, results: list[tuple[list[dict], dict, dict]]) -> str:
         ax.set_xlabel("agent steps (millions)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-        if len(rows) > 6:  # a search's many trials: the legend beside the plot, not over it
+        if beside:
             ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
         else:
             ax.legend(fontsize=7)

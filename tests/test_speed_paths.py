@@ -141,19 +141,23 @@ def test_the_static_unroll_equals_the_cut_one(policy):
         torch.testing.assert_close(static, cut, atol=1e-6, rtol=1e-6)
 
 
-def test_training_on_the_graphed_updates_computation_equals_the_plain_trainer(tmp_path):
+@pytest.mark.parametrize("options", [{}, {"kl_coef": 1.0, "lr_follows_advantages": True}],
+                         ids=["preset", "kl_rate_follows_advantages"])
+def test_training_on_the_graphed_updates_computation_equals_the_plain_trainer(tmp_path, options):
     """Off CUDA the graphed update runs its step eagerly, with the static unroll and fixed-shape token convolution
-    a graph records: eight gradient steps on one rollout give the plain trainer's losses, KL and gradient norms.
+    a graph records: eight gradient steps on one rollout give the plain trainer's losses, KL and gradient norms, with
+    the KL penalty in the loss and the rate set from the advantages' spread too.
     (Not its weights: Adam's first steps are ±lr wherever a gradient is near 0, so rounding flips them.)"""
     runs = []
     for graphed in (False, True):
         trainer = small_trainer(tmp_path, env_overrides={"max_steps": 20}, token_conv=True, update_epochs=4,
-                                memory="carry", horizon_bootstrap=True, run_name=str(graphed))
+                                memory="carry", horizon_bootstrap=True, run_name=str(graphed), **options)
         if graphed:
             trainer.train_step = GraphedUpdate(trainer.minibatch_step, trainer.policy, trainer.optimizer)
         runs.append(trainer.train(updates=1, quiet=True)[0])
     assert runs[1]["ratio_deviation_first_minibatch"] < 1e-5
-    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "clipfrac", "explained_variance"):
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "clipfrac", "explained_variance",
+                "advantage_std", "learning_rate"):
         assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-4, abs=1e-7), key
 
 
