@@ -77,8 +77,8 @@ class Trainer(PPO):
     # --- what the algorithm leaves to the run -------------------------------------------------------
     def learn(self) -> dict[str, float]:
         """One update (PPO.learn); its statistics read back once (and the advantages' spread before the minibatches
-        under --lr-follows-advantages), as means over ranks. A number that is not finite
-        stops the run here (NonFiniteError)."""
+        under --lr-follows-advantages), as means over ranks. A number that is not finite stops the run here
+        (NonFiniteError)."""
         means, steps, weights = super().learn()
         read = iter(self.ranks.mean(torch.cat([torch.stack(list(means.values())), steps.flatten(), weights]).float())
                     .tolist())
@@ -90,7 +90,8 @@ class Trainer(PPO):
         self.ranks.average_gradients(self.policy.parameters())  # nothing to do with one rank
 
     def advantage_std(self) -> torch.Tensor:
-        return self.ranks.mean(super().advantage_std())  # one learning rate on every rank
+        spread = super().advantage_std()  # averaged over ranks only where it sets the rate: one rate on every rank
+        return self.ranks.mean(spread) if self.cfg.lr_follows_advantages else spread
 
     def skip_step(self, finite: torch.Tensor) -> bool:
         """--nonfinite skip: one read per minibatch, the same on every rank."""
